@@ -1,0 +1,53 @@
+"""The uniform attack interface: ``Attack(...).reconstruct(observation) -> Reconstruction``.
+
+In the style of torchattacks / captum: constructor arguments are the hyper-parameters (defaults are the
+papers'), and an attack consumes only an :class:`~gradaudit.threat.Observation`, never the private batch.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import torch
+
+from ..threat.observation import Observation
+
+#: progress callback: (iterations done, iterations total, current best matching loss)
+ProgressFn = Callable[[int, int, float], None]
+
+
+@dataclass
+class Reconstruction:
+    """An attack's output.
+
+    Attributes:
+        images: reconstructed batch in pixel space [0, 1], shape [B, C, H, W] (CPU), in the attack's order.
+        labels: the labels the attack used or recovered, [B] (None if it did not produce any).
+        matching_loss: the gradient-matching distance of the kept restart at the end.
+        restart_losses: final matching distance of every restart.
+        history: (iteration, best matching distance over restarts) every few iterations.
+        seconds: wall-clock time of the attack.
+    """
+
+    images: torch.Tensor
+    labels: Optional[torch.Tensor]
+    attack: str
+    matching_loss: float = float("nan")
+    restart_losses: list[float] = field(default_factory=list)
+    history: list[tuple[int, float]] = field(default_factory=list)
+    iterations: int = 0
+    seconds: float = 0.0
+    label_source: str = "none"
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+class Attack(ABC):
+    """Base class of all reconstruction attacks."""
+
+    name: str = "attack"
+
+    @abstractmethod
+    def reconstruct(self, observation: Observation, progress: ProgressFn | None = None) -> Reconstruction:
+        """Rebuild the private batch behind ``observation``."""

@@ -1,0 +1,155 @@
+"""Typed run configuration, validated before any work starts.
+
+A YAML file is just the serialised form of :class:`RunConfig`; CLI overrides are dotted keys
+(``attack.iterations=200``). Unknown keys are rejected with a suggestion for typos.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Strict):
+    name: str = "embedded"
+    root: Optional[str] = None
+    image_size: Optional[int] = Field(default=None, ge=4)
+    split: str = "train"
+    indices: Optional[list[int]] = None
+    download: bool = False
+
+
+class ModelConfig(_Strict):
+    name: str = "lenet"
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class ThreatConfig(_Strict):
+    batch_size: int = Field(default=1, ge=1)
+    protocol: Literal["fedsgd", "fedavg"] = "fedsgd"
+    local_steps: int = Field(default=1, ge=1)
+    local_lr: float = Field(default=0.01, gt=0)
+    labels_known: bool = False
+    bn_statistics_known: bool = False
+
+
+class AttackConfig(_Strict):
+    """A preset plus optional overrides of its hyper-parameters (None keeps the preset's value)."""
+
+    preset: str = "inverting-gradients"
+    iterations: Optional[int] = Field(default=None, ge=0)
+    restarts: Optional[int] = Field(default=None, ge=1)
+    lr: Optional[float] = Field(default=None, gt=0)
+    distance: Optional[str] = None
+    regularizers: Optional[dict[str, float]] = None
+    optimizer: Optional[str] = None
+    signed: Optional[bool] = None
+    schedule: Optional[str] = None
+    boxed: Optional[bool] = None
+    init: Optional[str] = None
+    labels: Optional[str] = None
+    first_bn_weight: Optional[float] = Field(default=None, ge=0)
+    lbfgs_inner_steps: Optional[int] = Field(default=None, ge=1)
+    vectorize: Optional[bool] = None
+
+    def overrides(self) -> dict[str, Any]:
+        return {k: v for k, v in self.model_dump().items() if k != "preset" and v is not None}
+
+
+class RunConfig(_Strict):
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    threat: ThreatConfig = Field(default_factory=ThreatConfig)
+    attack: AttackConfig = Field(default_factory=AttackConfig)
+    defenses: list[str] = Field(default_factory=list)
+    seed: int = 0
+    device: str = "cpu"
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v != "cpu" and not v.startswith("cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got '{v}'")
+        return v
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(), sort_keys=False)
+
+
+def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, field in model.model_fields.items():
+        keys.append(prefix + name)
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys += _known_keys(ann, prefix + name + ".")
+    return keys
+
+
+def _format_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    if first["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(loc, _known_keys(RunConfig), n=1, cutoff=0.6)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        return f"unknown config key '{loc}'{hint}"
+    return f"invalid config value for '{loc}': {first['msg']}"
+
+
+def parse_config(data: dict[str, Any]) -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_error(e)) from None
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for p in parts[:-1]:
+        child = node.get(p)
+        if child is None:
+            child = node[p] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"cannot set '{key}': '{p}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` strings (values parsed as YAML scalars/lists) to a config dict."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override '{item}' is not of the form key.sub=value")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override '{item}': cannot parse value: {e}") from None
+        set_dotted(data, key.strip(), value)
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p} is not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p} must contain a mapping at the top level")
+    return parse_config(apply_overrides(data, overrides or []))

@@ -1,0 +1,29 @@
+"""Gaussian gradient noise (seed 002 section 5): g <- g + N(0, sigma^2 I), independently per entry.
+
+The attacker knows sigma but not the noise draw; it matches the noisy update as if it were clean.
+Seed 002 sweeps sigma in {1e-3, 1e-2, 1e-1}.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import ConfigError
+
+
+@dataclass(frozen=True)
+class GaussianNoise:
+    sigma: float
+
+    def __post_init__(self) -> None:
+        if not self.sigma >= 0:
+            raise ConfigError(f"noise sigma must be >= 0, got {self.sigma}")
+
+    def __call__(self, update, generator=None):
+        return {k: v + self.sigma * torch.randn(v.shape, generator=generator, dtype=v.dtype).to(v.device)
+                for k, v in update.items()}
+
+    def describe(self) -> str:
+        return f"noise:{self.sigma:g}"

@@ -1,0 +1,131 @@
+"""One audit cell: data -> model -> client (+ defenses) -> Observation -> attack -> metrics.
+
+:func:`prepare` validates everything that can be checked before work starts (names, sizes, device, data
+root, defense specs) and returns a :class:`PreparedRun`; :func:`run_attack` then runs the attack. The ground
+truth stays inside this module and the metrics: the attack receives only the Observation.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..attacks.base import Attack, ProgressFn, Reconstruction
+from ..attacks.registry import build_attack
+from ..config import RunConfig
+from ..data import ImageDataset, load_dataset
+from ..defenses.base import UpdateTransform
+from ..defenses.registry import parse_defense
+from ..errors import ConfigError
+from ..metrics import LPIPSMetric, ReconstructionScores, score_reconstruction
+from ..models.registry import ModelSpec, build_model
+from ..threat.client import Client, ServerKnowledge
+from ..threat.observation import DataSpec, Observation
+
+
+@dataclass
+class PreparedRun:
+    config: RunConfig
+    dataset: ImageDataset
+    indices: list[int]
+    spec: ModelSpec
+    attack: Attack
+    defenses: list[UpdateTransform]
+    device: torch.device
+
+
+@dataclass
+class AuditResult:
+    config: RunConfig
+    observation: Observation
+    reconstruction: Reconstruction
+    truth: torch.Tensor | None
+    true_labels: torch.Tensor | None
+    scores: ReconstructionScores | None
+    timings: dict[str, float] = field(default_factory=dict)
+    defenses: list[str] = field(default_factory=list)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device '{name}' requested but CUDA is not available; use --device cpu")
+    return torch.device(name)
+
+
+def choose_indices(n: int, batch_size: int, seed: int, indices: list[int] | None) -> list[int]:
+    """The private batch: the given indices, else ``batch_size`` distinct samples drawn with ``seed``."""
+    if indices is not None:
+        if len(indices) != batch_size:
+            raise ConfigError(f"data.indices has {len(indices)} entries but threat.batch_size is {batch_size}")
+        bad = [i for i in indices if not 0 <= i < n]
+        if bad:
+            raise ConfigError(f"data.indices {bad[0]} is out of range for a dataset of {n} samples")
+        return list(indices)
+    if batch_size > n:
+        raise ConfigError(f"batch size {batch_size} is larger than the dataset ({n} samples)")
+    g = torch.Generator().manual_seed(seed)
+    return torch.randperm(n, generator=g)[:batch_size].tolist()
+
+
+def prepare(config: RunConfig) -> PreparedRun:
+    """Validate and load everything; no attack work happens here."""
+    device = resolve_device(config.device)
+    defenses = [parse_defense(s) for s in config.defenses]
+    attack = build_attack(config.attack.preset, device=device, seed=config.seed, **config.attack.overrides())
+    dataset = load_dataset(config.data.name, root=config.data.root, split=config.data.split,
+                           image_size=config.data.image_size, download=config.data.download)
+    indices = choose_indices(len(dataset), config.threat.batch_size, config.seed, config.data.indices)
+    spec = ModelSpec(config.model.name, dataset.num_classes, dataset.shape, dict(config.model.kwargs))
+    build_model(spec)  # fail early on a bad model name or kwargs
+    return PreparedRun(config, dataset, indices, spec, attack, defenses, device)
+
+
+def observe(run: PreparedRun) -> tuple[Observation, torch.Tensor, torch.Tensor]:
+    """The client's side: build the victim model with the run's seed, share the update of the private batch."""
+    cfg = run.config
+    torch.manual_seed(cfg.seed)
+    model = build_model(run.spec)
+    images, labels = run.dataset.batch(run.indices)
+    data = DataSpec(run.dataset.name, tuple(run.dataset.mean), tuple(run.dataset.std))
+    client = Client(model, run.spec, data, protocol=cfg.threat.protocol, local_steps=cfg.threat.local_steps,
+                    local_lr=cfg.threat.local_lr, transforms=run.defenses,
+                    knowledge=ServerKnowledge(labels=cfg.threat.labels_known,
+                                              bn_statistics=cfg.threat.bn_statistics_known), seed=cfg.seed)
+    return client.share(images, labels), images, labels
+
+
+def run_attack(config: RunConfig, progress: ProgressFn | None = None, *,
+               prepared: PreparedRun | None = None, lpips: LPIPSMetric | None = None) -> AuditResult:
+    """Run one full audit cell and score it against the private batch."""
+    run = prepared or prepare(config)
+    t0 = time.perf_counter()
+    observation, images, labels = observe(run)
+    t1 = time.perf_counter()
+    rec = run.attack.reconstruct(observation, progress=progress)
+    t2 = time.perf_counter()
+    scores = score_reconstruction(rec.images, images, true_labels=labels, predicted_labels=rec.labels, lpips=lpips)
+    t3 = time.perf_counter()
+    return AuditResult(config, observation, rec, images, labels, scores,
+                       timings={"observe_s": t1 - t0, "attack_s": t2 - t1, "score_s": t3 - t2},
+                       defenses=list(observation.defenses))
+
+
+def attack_observation(observation: Observation, attack: Attack, progress: ProgressFn | None = None) -> Reconstruction:
+    """Attack an update captured elsewhere (no ground truth, so no scores)."""
+    return attack.reconstruct(observation, progress=progress)
+
+
+def summary_row(result: AuditResult) -> dict[str, Any]:
+    s = result.scores
+    return {
+        "defense": ", ".join(result.defenses) or "none",
+        "attack": result.reconstruction.attack,
+        "B": result.observation.batch_size,
+        "psnr": None if s is None else s.mean_psnr,
+        "ssim": None if s is None else s.mean_ssim,
+        "label_acc": None if s is None else s.label_accuracy,
+        "seconds": result.reconstruction.seconds,
+    }

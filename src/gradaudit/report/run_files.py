@@ -1,0 +1,105 @@
+"""Write an audit's results to its output folder, losing nothing.
+
+For each run: ``grid.png`` (ground truth above each reconstruction, one column per image, PSNR under each),
+``metrics.json`` (every score per image and on average, timings, label recovery, LPIPS status),
+``config.yaml`` (the resolved configuration), ``reconstructions.safetensors`` (the reconstructed images
+and labels, aligned to the ground truth) and the observation the attack saw (``observation*.safetensors`` +
+``.json``), so the attack can be re-run with ``gradaudit attack --observation``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import yaml
+
+from ..attacks.base import Reconstruction
+from .grid import save_reconstruction_grid
+
+
+def _clean(o: Any) -> Any:
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {str(k): _clean(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_clean(v) for v in o]
+    if isinstance(o, torch.Tensor):
+        return _clean(o.tolist())
+    return o
+
+
+def reconstruction_record(rec: Reconstruction) -> dict[str, Any]:
+    return {"attack": rec.attack, "matching_loss": rec.matching_loss, "restart_losses": rec.restart_losses,
+            "iterations": rec.iterations, "seconds": rec.seconds, "label_source": rec.label_source,
+            "labels": None if rec.labels is None else rec.labels.tolist(), "history": rec.history,
+            "hyperparameters": rec.config}
+
+
+def result_record(result) -> dict[str, Any]:
+    """Everything measured in one AuditResult, JSON-ready (NaN/inf become null)."""
+    return _clean({
+        "defenses": result.defenses,
+        "batch_size": result.observation.batch_size,
+        "true_labels": None if result.true_labels is None else result.true_labels.tolist(),
+        "scores": None if result.scores is None else result.scores.to_dict(),
+        "reconstruction": reconstruction_record(result.reconstruction),
+        "timings": result.timings,
+        "config": result.config.model_dump(),
+    })
+
+
+def aligned_images(result) -> torch.Tensor:
+    rec = result.reconstruction.images
+    if result.scores is None:
+        return rec
+    return rec[torch.as_tensor(result.scores.assignment)]
+
+
+def write_results(out: str | Path, results: Sequence, *, labels: Sequence[str] | None = None,
+                  save_observations: bool = True, extra: dict[str, Any] | None = None) -> dict[str, Path]:
+    """Write the grid, metrics.json, config.yaml, reconstructions and observations of ``results``."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    labels = list(labels) if labels is not None else [", ".join(r.defenses) or "no defense" for r in results]
+    paths: dict[str, Path] = {}
+
+    truth = results[0].truth
+    rows: list = []
+    if truth is not None:
+        rows.append(("ground truth", truth, None))
+    for label, r in zip(labels, results):
+        caps = None if r.scores is None else [f"{p:.1f} dB" for p in r.scores.psnr]
+        rows.append((label, aligned_images(r), caps))
+    paths["grid"] = save_reconstruction_grid(rows, out / "grid.png")
+
+    record = {"runs": [dict(label=l, **result_record(r)) for l, r in zip(labels, results)]}
+    if extra:
+        record.update(_clean(extra))
+    (out / "metrics.json").write_text(json.dumps(record, indent=2))
+    paths["metrics"] = out / "metrics.json"
+
+    configs = [r.config.model_dump() for r in results]
+    (out / "config.yaml").write_text(yaml.safe_dump(configs[0] if len(configs) == 1 else {"runs": configs},
+                                                    sort_keys=False))
+    paths["config"] = out / "config.yaml"
+
+    tensors = {}
+    for i, r in enumerate(results):
+        tensors[f"run{i}/images"] = aligned_images(r).contiguous()
+        if r.reconstruction.labels is not None:
+            tensors[f"run{i}/labels"] = r.reconstruction.labels.to(torch.int64).contiguous()
+    save_file(tensors, str(out / "reconstructions.safetensors"), metadata={"labels": json.dumps(labels)})
+    paths["reconstructions"] = out / "reconstructions.safetensors"
+
+    if save_observations:
+        for i, r in enumerate(results):
+            stem = "observation" if len(results) == 1 else f"observation-{i}"
+            paths[stem], _ = r.observation.save(out / stem)
+    return paths

@@ -1,0 +1,6 @@
+"""Threat model: clients that produce updates, and the Observation the server holds."""
+
+from .client import Client, ServerKnowledge, batch_statistics, batchnorm_layers
+from .observation import DataSpec, Observation
+
+__all__ = ["Client", "ServerKnowledge", "DataSpec", "Observation", "batch_statistics", "batchnorm_layers"]

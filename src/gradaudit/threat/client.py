@@ -1,0 +1,126 @@
+"""Federated clients: turn a private batch into the update the server receives (methods.md section 1).
+
+* FedSGD: the mean gradient g* = (1/B) sum_j grad_theta l(f_theta(x_j), y_j), model in training mode
+  (batch norm uses the batch's statistics, as in real training).
+* FedAvg: K full-batch local SGD steps at learning rate lr from theta_0; the update is theta_0 - theta_K.
+
+The update then passes through the client's update transforms (defenses) in order, and is wrapped in an
+:class:`~gradaudit.threat.observation.Observation` together with what the server knows. The private batch
+itself never leaves this module.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..defenses.base import UpdateTransform
+from ..errors import ConfigError
+from ..models.registry import ModelSpec
+from .observation import DataSpec, Observation
+
+
+@dataclass(frozen=True)
+class ServerKnowledge:
+    """Which extras the threat model grants the server besides weights, update and B."""
+
+    labels: bool = True
+    bn_statistics: bool = False
+
+
+def batchnorm_layers(model: nn.Module) -> list[nn.Module]:
+    """Batch-norm modules in registration order (the order their statistics are recorded in)."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def batch_statistics(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and biased variance of a BN layer's input (over batch and spatial dims)."""
+    dims = [0] + list(range(2, x.dim()))
+    return x.mean(dims), x.var(dims, unbiased=False)
+
+
+class Client:
+    """One federated client holding a private batch and the model the server sent."""
+
+    def __init__(self, model: nn.Module, spec: ModelSpec, data: DataSpec,
+                 protocol: Literal["fedsgd", "fedavg"] = "fedsgd", local_steps: int = 1,
+                 local_lr: float | None = None, transforms: Sequence[UpdateTransform] = (),
+                 knowledge: ServerKnowledge = ServerKnowledge(), seed: int | None = None) -> None:
+        if protocol not in ("fedsgd", "fedavg"):
+            raise ConfigError(f"unknown protocol '{protocol}'; valid: fedsgd, fedavg")
+        if protocol == "fedavg" and (local_steps < 1 or local_lr is None or local_lr <= 0):
+            raise ConfigError("fedavg needs local_steps >= 1 and local_lr > 0")
+        self.model, self.spec, self.data = model, spec, data
+        self.protocol, self.local_steps, self.local_lr = protocol, local_steps, local_lr
+        self.transforms = list(transforms)
+        self.knowledge = knowledge
+        self.generator = None if seed is None else torch.Generator().manual_seed(seed)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        mean = torch.tensor(self.data.mean, dtype=x.dtype, device=x.device).view(shape)
+        std = torch.tensor(self.data.std, dtype=x.dtype, device=x.device).view(shape)
+        return (x - mean) / std
+
+    def share(self, images: torch.Tensor, labels: torch.Tensor) -> Observation:
+        """Compute the update for a private batch (images in [0, 1], shape [B, C, H, W]) and observe it."""
+        if images.dim() != 4 or tuple(images.shape[1:]) != tuple(self.spec.input_shape):
+            raise ConfigError(f"images must have shape [B, {', '.join(map(str, self.spec.input_shape))}], "
+                              f"got {list(images.shape)}")
+        if labels.shape != (images.shape[0],):
+            raise ConfigError(f"labels must have shape [{images.shape[0]}], got {list(labels.shape)}")
+        x = self.normalize(images)
+        model = self.model
+        theta0 = {k: v.detach().clone() for k, v in model.named_parameters()}
+        buffers = {k: v.detach().clone() for k, v in model.named_buffers()}
+        stats: list[tuple[torch.Tensor, torch.Tensor]] = []
+        hooks = [bn.register_forward_pre_hook(lambda m, inp: stats.append(
+            tuple(s.detach() for s in batch_statistics(inp[0])))) for bn in batchnorm_layers(model)]
+        was_training = model.training
+        model.train()
+        try:
+            if self.protocol == "fedsgd":
+                loss = F.cross_entropy(model(x), labels)
+                grads = torch.autograd.grad(loss, list(model.parameters()))
+                update = {k: g.detach() for k, g in zip(theta0, grads)}
+            else:
+                update = self._local_training(model, x, labels, theta0, hooks)
+        finally:
+            for h in hooks:
+                h.remove()
+            model.train(was_training)
+        bn_stats = stats[: len(batchnorm_layers(model))]
+        for transform in self.transforms:
+            update = transform(update, generator=self.generator)
+        return Observation(
+            model=self.spec, parameters=theta0, update=update, batch_size=images.shape[0], data=self.data,
+            buffers=buffers, update_kind="gradient" if self.protocol == "fedsgd" else "local_update",
+            local_steps=self.local_steps if self.protocol == "fedavg" else 1,
+            local_lr=self.local_lr if self.protocol == "fedavg" else None,
+            labels=labels.detach().clone() if self.knowledge.labels else None,
+            bn_statistics=bn_stats if self.knowledge.bn_statistics else None,
+            defenses=[t.describe() for t in self.transforms])
+
+    def _local_training(self, model, x, labels, theta0, hooks) -> dict[str, torch.Tensor]:
+        """K full-batch SGD steps on a copy (the server's model is not modified); returns theta_0 - theta_K."""
+        local = copy.deepcopy(model)
+        for h in hooks:  # statistics are recorded at the first forward only, on the original model
+            h.remove()
+        first = True
+        for _ in range(self.local_steps):
+            if first:
+                loss = F.cross_entropy(model(x), labels)  # records BN statistics at theta_0
+                grads = torch.autograd.grad(loss, list(model.parameters()))
+                first = False
+            else:
+                loss = F.cross_entropy(local(x), labels)
+                grads = torch.autograd.grad(loss, list(local.parameters()))
+            with torch.no_grad():
+                for p, g in zip(local.parameters(), grads):
+                    p.sub_(self.local_lr * g)
+        return {k: (theta0[k] - p.detach()) for k, p in local.named_parameters()}
