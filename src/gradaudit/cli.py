@@ -227,7 +227,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Exception as e:  # click's usage errors (typer vendors click; match them by their interface)
         if hasattr(e, "format_message") and hasattr(e, "exit_code") and "--debug" not in argv:
-            print(f"error: {e.format_message()}", file=sys.stderr)
+            message = e.format_message()
+            if not message:  # no command given: the help was printed
+                return 0
+            print(f"error: {message}", file=sys.stderr)
             return int(e.exit_code) or 2
         raise
     return result if isinstance(result, int) else 0

@@ -7,6 +7,7 @@ A YAML file is just the serialised form of :class:`RunConfig`; CLI overrides are
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -78,7 +79,7 @@ class RunConfig(_Strict):
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
-        if v != "cpu" and not v.startswith("cuda"):
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", v):
             raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got '{v}'")
         return v
 

@@ -75,26 +75,24 @@ class Client:
         if labels.shape != (images.shape[0],):
             raise ConfigError(f"labels must have shape [{images.shape[0]}], got {list(labels.shape)}")
         x = self.normalize(images)
-        model = self.model
-        theta0 = {k: v.detach().clone() for k, v in model.named_parameters()}
-        buffers = {k: v.detach().clone() for k, v in model.named_buffers()}
+        theta0 = {k: v.detach().clone() for k, v in self.model.named_parameters()}
+        buffers = {k: v.detach().clone() for k, v in self.model.named_buffers()}
+        local = copy.deepcopy(self.model)  # the client trains its own copy; the server's model is untouched
+        local.train()
+        bn_layers = batchnorm_layers(local)
         stats: list[tuple[torch.Tensor, torch.Tensor]] = []
-        hooks = [bn.register_forward_pre_hook(lambda m, inp: stats.append(
-            tuple(s.detach() for s in batch_statistics(inp[0])))) for bn in batchnorm_layers(model)]
-        was_training = model.training
-        model.train()
+
+        def record(module, inputs):  # BN statistics of the private batch at theta_0 (first forward only)
+            if len(stats) < len(bn_layers):
+                stats.append(tuple(s.detach() for s in batch_statistics(inputs[0])))
+
+        hooks = [bn.register_forward_pre_hook(record) for bn in bn_layers]
         try:
-            if self.protocol == "fedsgd":
-                loss = F.cross_entropy(model(x), labels)
-                grads = torch.autograd.grad(loss, list(model.parameters()))
-                update = {k: g.detach() for k, g in zip(theta0, grads)}
-            else:
-                update = self._local_training(model, x, labels, theta0, hooks)
+            update = self._local_update(local, x, labels, theta0)
         finally:
             for h in hooks:
                 h.remove()
-            model.train(was_training)
-        bn_stats = stats[: len(batchnorm_layers(model))]
+        bn_stats = stats
         for transform in self.transforms:
             update = transform(update, generator=self.generator)
         return Observation(
@@ -106,21 +104,16 @@ class Client:
             bn_statistics=bn_stats if self.knowledge.bn_statistics else None,
             defenses=[t.describe() for t in self.transforms])
 
-    def _local_training(self, model, x, labels, theta0, hooks) -> dict[str, torch.Tensor]:
-        """K full-batch SGD steps on a copy (the server's model is not modified); returns theta_0 - theta_K."""
-        local = copy.deepcopy(model)
-        for h in hooks:  # statistics are recorded at the first forward only, on the original model
-            h.remove()
-        first = True
+    def _local_update(self, local: nn.Module, x: torch.Tensor, labels: torch.Tensor,
+                      theta0: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """FedSGD: the mean gradient at theta_0. FedAvg: K full-batch SGD steps, theta_0 - theta_K."""
+        params = list(local.parameters())
+        if self.protocol == "fedsgd":
+            grads = torch.autograd.grad(F.cross_entropy(local(x), labels), params)
+            return {k: g.detach() for k, g in zip(theta0, grads)}
         for _ in range(self.local_steps):
-            if first:
-                loss = F.cross_entropy(model(x), labels)  # records BN statistics at theta_0
-                grads = torch.autograd.grad(loss, list(model.parameters()))
-                first = False
-            else:
-                loss = F.cross_entropy(local(x), labels)
-                grads = torch.autograd.grad(loss, list(local.parameters()))
+            grads = torch.autograd.grad(F.cross_entropy(local(x), labels), params)
             with torch.no_grad():
-                for p, g in zip(local.parameters(), grads):
+                for p, g in zip(params, grads):
                     p.sub_(self.local_lr * g)
         return {k: (theta0[k] - p.detach()) for k, p in local.named_parameters()}

@@ -114,9 +114,13 @@ class Observation:
     def check_model(self, model: nn.Module) -> None:
         """Check that parameters and buffers fit ``model``; name the first mismatching tensor and both shapes."""
         expected = dict(model.named_parameters())
-        for name, p in expected.items():
+        observed = list(self.parameters.items())
+        for i, (name, p) in enumerate(expected.items()):
             if name not in self.parameters:
-                raise ObservationError(f"observation lacks model parameter '{name}' (shape {tuple(p.shape)})")
+                other = (f"; at that position the observation has '{observed[i][0]}' with shape "
+                         f"{tuple(observed[i][1].shape)}") if i < len(observed) else ""
+                raise ObservationError(f"observation lacks parameter '{name}' of model '{self.model.name}' "
+                                       f"(shape {tuple(p.shape)}){other}")
             got = tuple(self.parameters[name].shape)
             if got != tuple(p.shape):
                 raise ObservationError(

@@ -1,0 +1,46 @@
+import math
+
+import pytest
+import torch
+
+from gradaudit.attacks.matching.distances import cosine_distance, get_distance, l2_distance, reweighted_cosine_distance
+from gradaudit.attacks.matching.regularizers import total_variation, total_variation_squared
+from gradaudit.errors import ConfigError
+
+
+def test_l2_is_sum_of_squared_differences():
+    g = [torch.tensor([1.0, 2.0]), torch.tensor([[3.0]])]
+    t = [torch.tensor([0.0, 0.0]), torch.tensor([[1.0]])]
+    assert float(l2_distance(g, t)) == pytest.approx(1 + 4 + 4)
+
+
+def test_cosine_is_global_over_concatenated_layers():
+    g = [torch.tensor([1.0, 0.0]), torch.tensor([1.0])]
+    t = [torch.tensor([1.0, 0.0]), torch.tensor([-1.0])]
+    # concatenated: (1,0,1) . (1,0,-1) = 0 -> distance 1
+    assert float(cosine_distance(g, t)) == pytest.approx(1.0)
+    assert float(cosine_distance(t, t)) == pytest.approx(0.0, abs=1e-6)
+    assert float(cosine_distance([2 * a for a in t], t)) == pytest.approx(0.0, abs=1e-6)  # scale invariant
+
+
+def test_reweighted_cosine_equalises_layers():
+    # a huge first layer that matches and a small second layer that is opposite
+    t = [torch.tensor([100.0]), torch.tensor([0.01])]
+    g = [torch.tensor([100.0]), torch.tensor([-0.01])]
+    assert float(cosine_distance(g, t)) < 1e-6            # plain cosine ignores the small layer
+    assert float(reweighted_cosine_distance(g, t)) == pytest.approx(1.0)  # (1*1 + 1*-1)/2 -> cos 0
+
+
+def test_tv_values():
+    x = torch.zeros(1, 1, 2, 3)
+    x[..., :, 1] = 1.0  # columns 0,1,2 = 0,1,0 -> horizontal diffs |1|,|−1| ; vertical 0
+    assert float(total_variation(x)) == pytest.approx(1.0)
+    assert float(total_variation_squared(x)) == pytest.approx(1.0)
+    x2 = 2 * x
+    assert float(total_variation(x2)) == pytest.approx(2.0)
+    assert float(total_variation_squared(x2)) == pytest.approx(4.0)
+
+
+def test_unknown_distance_lists_valid_names():
+    with pytest.raises(ConfigError, match="cosine.*l2|l2.*cosine"):
+        get_distance("l3")
