@@ -61,10 +61,10 @@ def _fmt(v: Any, digits: int = 2) -> str:
 
 def _summary(rows: list[dict], title: str) -> Table:
     table = Table(title=title)
-    for col in ("defense", "attack", "B", "PSNR (dB)", "SSIM", "label acc", "time (s)"):
+    for col in ("defense", "attack", "B", "images", "PSNR (dB)", "SSIM", "label acc", "time (s)"):
         table.add_column(col, justify="right" if col not in ("defense", "attack") else "left")
     for r in rows:
-        table.add_row(r["defense"], r["attack"], str(r["B"]), _fmt(r["psnr"]), _fmt(r["ssim"], 3),
+        table.add_row(r["defense"], r["attack"], str(r["B"]), str(r["images"]), _fmt(r["psnr"]), _fmt(r["ssim"], 3),
                       _fmt(r["label_acc"]), _fmt(r["seconds"], 1))
     return table
 
@@ -93,21 +93,26 @@ def demo(out: Path = typer.Option(Path("gradaudit-out/demo"), "--out", help="Out
          ) -> None:
     """Attack the embedded image set with and without a simple defense (offline, CPU, < 3 minutes)."""
     from .config import load_config
-    from .evaluation.cell import summary_row
-    from .report.run_files import write_results
+    from .report.run_files import summarize, write_results
 
-    base = ["data.name=embedded", "data.indices=[0,9,18,27]", "threat.batch_size=4", "model.name=lenet",
-            "attack.preset=dlg", "threat.labels_known=false"]
+    images = [3, 20, 45, 60]  # one crop each of four different photos
+    conditions = [("no defense", []), ("noise:0.01", ["defenses=[noise:0.01]"])]
+    base = ["data.name=embedded", "threat.batch_size=1", "model.name=lenet", "attack.preset=dlg",
+            "attack.iterations=100", "threat.labels_known=false"]
     if iterations is not None:
         base.append(f"attack.iterations={iterations}")
-    configs = [load_config(overrides=base), load_config(overrides=base + ["defenses=[noise:0.01]"])]
-    labels = ["no defense", "noise:0.01"]
+    configs, labels = [], []
+    for label, extra in conditions:
+        for i in images:
+            configs.append(load_config(overrides=base + [f"data.indices=[{i}]"] + extra))
+            labels.append(label)
     t0 = time.perf_counter()
     results = _run_many(configs, labels)
     paths = write_results(out, results, labels=labels, extra={"total_seconds": time.perf_counter() - t0})
     _print_files(paths)
-    console.print(_summary([summary_row(r) for r in results],
-                           title="DLG on LeNet, 4 embedded images, labels recovered from the update"))
+    rows = [summarize(label, [r for l, r in zip(labels, results) if l == label]) for label, _ in conditions]
+    console.print(_summary(rows, title="DLG on LeNet, 4 embedded images one at a time, labels recovered (iDLG)"))
+    console.print(f"Total {time.perf_counter() - t0:.0f} s. Open {paths['grid']} to see the reconstructions.")
 
 
 @app.command()
@@ -137,8 +142,7 @@ def attack(
 ) -> None:
     """Attack one private batch (or a captured observation) and write grid, metrics and config to --out."""
     from .config import load_config
-    from .evaluation.cell import summary_row
-    from .report.run_files import write_results
+    from .report.run_files import summarize, write_results
 
     overrides = list(set_)
     flag_map = {"data.name": dataset, "data.root": data_root, "model.name": model, "threat.batch_size": batch_size,
@@ -159,7 +163,8 @@ def attack(
     results = _run_many([cfg], [", ".join(cfg.defenses) or "no defense"])
     paths = write_results(out, results, save_observations=save_observation)
     _print_files(paths)
-    console.print(_summary([summary_row(r) for r in results], title=f"{cfg.attack.preset} on {cfg.model.name}"))
+    label = ", ".join(cfg.defenses) or "no defense"
+    console.print(_summary([summarize(label, results)], title=f"{cfg.attack.preset} on {cfg.model.name}"))
 
 
 def _attack_observation(cfg, path: Path, out: Path) -> None:

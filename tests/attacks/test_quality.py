@@ -17,8 +17,8 @@ def _run(*overrides):
 
 
 def test_dlg_rebuilds_an_embedded_image_from_a_lenet_gradient():
-    result = _run("model.name=lenet", "attack.preset=dlg", "threat.batch_size=1", "data.indices=[3]",
-                  "threat.labels_known=false")
+    result = _run("model.name=lenet", "attack.preset=dlg", "threat.batch_size=1", "data.indices=[20]",
+                  "threat.labels_known=false", "attack.iterations=100")
     assert result.reconstruction.label_source == "idlg"
     assert result.scores.label_accuracy == 1.0
     psnr = result.scores.psnr[0]
@@ -27,7 +27,16 @@ def test_dlg_rebuilds_an_embedded_image_from_a_lenet_gradient():
 
 
 def test_dlg_is_hurt_by_gradient_noise():
-    clean = _run("model.name=lenet", "attack.preset=dlg", "data.indices=[3]", "attack.iterations=20")
-    noisy = _run("model.name=lenet", "attack.preset=dlg", "data.indices=[3]", "attack.iterations=20",
+    clean = _run("model.name=lenet", "attack.preset=dlg", "data.indices=[20]", "attack.iterations=40")
+    noisy = _run("model.name=lenet", "attack.preset=dlg", "data.indices=[20]", "attack.iterations=40",
                  "defenses=[noise:0.1]")
     assert noisy.scores.psnr[0] < clean.scores.psnr[0] - 5
+
+
+def test_inverting_gradients_rebuilds_an_embedded_image_from_a_convnet_gradient():
+    result = _run("model.name=convnet", "attack.preset=inverting-gradients", "threat.batch_size=1",
+                  "data.indices=[3]", "threat.labels_known=false")
+    psnr = result.scores.psnr[0]
+    print(f"IG ConvNet B=1 PSNR {psnr:.1f} dB in {result.reconstruction.seconds:.1f} s")
+    assert result.scores.label_accuracy == 1.0
+    assert psnr >= 20.0

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
-
 import torch
 
 from ..attacks.base import Attack, ProgressFn, Reconstruction
@@ -116,16 +114,3 @@ def run_attack(config: RunConfig, progress: ProgressFn | None = None, *,
 def attack_observation(observation: Observation, attack: Attack, progress: ProgressFn | None = None) -> Reconstruction:
     """Attack an update captured elsewhere (no ground truth, so no scores)."""
     return attack.reconstruct(observation, progress=progress)
-
-
-def summary_row(result: AuditResult) -> dict[str, Any]:
-    s = result.scores
-    return {
-        "defense": ", ".join(result.defenses) or "none",
-        "attack": result.reconstruction.attack,
-        "B": result.observation.batch_size,
-        "psnr": None if s is None else s.mean_psnr,
-        "ssim": None if s is None else s.mean_ssim,
-        "label_acc": None if s is None else s.label_accuracy,
-        "seconds": result.reconstruction.seconds,
-    }

@@ -60,26 +60,55 @@ def aligned_images(result) -> torch.Tensor:
     return rec[torch.as_tensor(result.scores.assignment)]
 
 
+def summarize(label: str, results: Sequence) -> dict[str, Any]:
+    """Mean scores of the runs that share a label (one row of the summary table)."""
+    def mean(values):
+        values = [v for v in values if v is not None and math.isfinite(v)]
+        return sum(values) / len(values) if values else None
+
+    scored = [r for r in results if r.scores is not None]
+    return {
+        "label": label,
+        "defense": ", ".join(results[0].defenses) or "none",
+        "attack": results[0].reconstruction.attack,
+        "B": results[0].observation.batch_size,
+        "runs": len(results),
+        "images": sum(r.observation.batch_size for r in results),
+        "psnr": mean([p for r in scored for p in r.scores.psnr]),
+        "ssim": mean([p for r in scored for p in r.scores.ssim]),
+        "label_acc": mean([r.scores.label_accuracy for r in scored]),
+        "seconds": sum(r.reconstruction.seconds for r in results),
+    }
+
+
 def write_results(out: str | Path, results: Sequence, *, labels: Sequence[str] | None = None,
                   save_observations: bool = True, extra: dict[str, Any] | None = None) -> dict[str, Path]:
-    """Write the grid, metrics.json, config.yaml, reconstructions and observations of ``results``."""
+    """Write the grid, metrics.json, config.yaml, reconstructions and observations of ``results``.
+
+    Runs that share a label form one row of the grid (their images side by side, in run order); the
+    ground-truth row shows the private images of the first label's runs.
+    """
     from safetensors.torch import save_file
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     labels = list(labels) if labels is not None else [", ".join(r.defenses) or "no defense" for r in results]
+    groups: dict[str, list] = {}
+    for label, r in zip(labels, results):
+        groups.setdefault(label, []).append(r)
     paths: dict[str, Path] = {}
 
-    truth = results[0].truth
     rows: list = []
-    if truth is not None:
-        rows.append(("ground truth", truth, None))
-    for label, r in zip(labels, results):
-        caps = None if r.scores is None else [f"{p:.1f} dB" for p in r.scores.psnr]
-        rows.append((label, aligned_images(r), caps))
+    first = next(iter(groups.values()))
+    if all(r.truth is not None for r in first):
+        rows.append(("ground truth", torch.cat([r.truth for r in first]), None))
+    for label, group in groups.items():
+        caps = None if any(r.scores is None for r in group) else [f"{p:.1f} dB" for r in group for p in r.scores.psnr]
+        rows.append((label, torch.cat([aligned_images(r) for r in group]), caps))
     paths["grid"] = save_reconstruction_grid(rows, out / "grid.png")
 
-    record = {"runs": [dict(label=l, **result_record(r)) for l, r in zip(labels, results)]}
+    record = {"summary": _clean([summarize(label, group) for label, group in groups.items()]),
+              "runs": [dict(label=l, **result_record(r)) for l, r in zip(labels, results)]}
     if extra:
         record.update(_clean(extra))
     (out / "metrics.json").write_text(json.dumps(record, indent=2))
@@ -99,7 +128,10 @@ def write_results(out: str | Path, results: Sequence, *, labels: Sequence[str] |
     paths["reconstructions"] = out / "reconstructions.safetensors"
 
     if save_observations:
+        obs_dir = out if len(results) == 1 else out / "observations"
         for i, r in enumerate(results):
-            stem = "observation" if len(results) == 1 else f"observation-{i}"
-            paths[stem], _ = r.observation.save(out / stem)
+            stem = "observation" if len(results) == 1 else f"run{i}"
+            paths["observation" if len(results) == 1 else "observations"], _ = r.observation.save(obs_dir / stem)
+        if len(results) > 1:
+            paths["observations"] = obs_dir
     return paths

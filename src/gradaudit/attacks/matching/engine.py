@@ -38,6 +38,34 @@ from .victim import FunctionalVictim
 LabelStrategy = Literal["auto", "given", "recover", "joint"]
 
 
+def func_param_grad(loss, params, x, y):
+    """dL/dtheta by torch.func (composable with vmap over restarts)."""
+    return grad(loss, has_aux=True)(params, x, y)
+
+
+def autograd_param_grad(loss, params, x, y):
+    """dL/dtheta by torch.autograd with create_graph (less overhead for a single restart)."""
+    leaves = {k: v if v.requires_grad else v.detach().requires_grad_(True) for k, v in params.items()}
+    value, aux = loss(leaves, x, y)
+    grads = torch.autograd.grad(value, list(leaves.values()), create_graph=True)
+    return dict(zip(leaves, grads)), aux
+
+
+def autograd_step(objective, joint: bool):
+    """(grads w.r.t. x [and soft labels], (total, distance)) for one restart, by plain autograd."""
+    def step(x, label_param):
+        x = x.detach().requires_grad_(True)
+        leaves = [x]
+        if joint:
+            label_param = label_param.detach().requires_grad_(True)
+            leaves.append(label_param)
+        with torch.enable_grad():
+            total, dist = objective(x, label_param, autograd_param_grad)
+            grads = torch.autograd.grad(total, leaves)
+        return (grads if joint else grads[0]), (total.detach(), dist.detach())
+    return step
+
+
 @dataclass
 class MatchingConfig:
     """Hyper-parameters of a gradient-matching attack (validated on construction).
@@ -156,20 +184,20 @@ class GradientMatchingAttack(Attack):
         local = obs.update_kind == "local_update"
         steps, lr = obs.local_steps, obs.local_lr
 
-        def update_of(x, y):
+        def update_of(x, y, param_grad):
             if not local:
-                g, stats = grad(victim.loss, has_aux=True)(params, x, y)
+                g, stats = param_grad(victim.loss, params, x, y)
                 return [g[n] for n in names], stats
             p, stats = params, None
             for _ in range(steps):  # unrolled FedAvg local training, differentiable in x
-                g, st = grad(victim.loss, has_aux=True)(p, x, y)
+                g, st = param_grad(victim.loss, p, x, y)
                 stats = st if stats is None else stats
                 p = {n: p[n] - lr * g[n] for n in names}
             return [params[n] - p[n] for n in names], stats
 
-        def objective(x, label_param):
-            y = label_param if label_param.is_floating_point() is False else label_param.softmax(-1)
-            u, stats = update_of(x, y)
+        def objective(x, label_param, param_grad=func_param_grad):
+            y = label_param.softmax(-1) if label_param.is_floating_point() else label_param
+            u, stats = update_of(x, y, param_grad)
             d = distance(u, target)
             total = d
             if regs:
@@ -235,12 +263,11 @@ class GradientMatchingAttack(Attack):
 
     def _run_adam(self, objective, x, label_param, joint, lo, hi, progress):
         cfg = self.config
-        argnums = (0, 1) if joint else 0
-        step = grad_and_value(objective, argnums=argnums, has_aux=True)
-        if cfg.vectorize:
-            step = vmap(step)
+        if cfg.vectorize and x.shape[0] > 1:
+            argnums = (0, 1) if joint else 0
+            step = vmap(grad_and_value(objective, argnums=argnums, has_aux=True))
         else:
-            single = step
+            single = autograd_step(objective, joint)
             step = lambda xs, ls: _loop(single, xs, ls, joint)  # noqa: E731
         x = x.clone().requires_grad_(True)
         leaves = [x] + ([label_param.requires_grad_(True)] if joint else [])
@@ -268,8 +295,7 @@ class GradientMatchingAttack(Attack):
 
     def _run_lbfgs(self, objective, x, label_param, joint, lo, hi, progress):
         cfg = self.config
-        argnums = (0, 1) if joint else 0
-        step = grad_and_value(objective, argnums=argnums, has_aux=True)
+        step = autograd_step(objective, joint)
         xs, ls, history = [], [], []
         R = x.shape[0]
         for r in range(R):

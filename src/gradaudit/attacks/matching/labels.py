@@ -43,21 +43,21 @@ def _dummy_statistics(victim: FunctionalVictim, observation: Observation, weight
 
 
 def _round_counts(estimate: torch.Tensor, present: torch.Tensor, total: int) -> torch.Tensor:
+    """Integer counts summing to ``total`` close to ``estimate``; classes with a negative signal keep >= 1.
+
+    A class can be present without a negative bias gradient when the model is saturated on it
+    (mean p_c ~ 1), so the other classes are not forced to zero: the estimate decides.
+    """
     counts = estimate.clamp_min(0).round().long()
     counts[present & (counts == 0)] = 1
-    if present.any():
-        counts[~present] = 0
     residual = estimate - counts
     while counts.sum() < total:
-        cand = residual.clone()
-        if present.any():
-            cand[~present] = -float("inf")
-        c = int(cand.argmax())
+        c = int(residual.argmax())
         counts[c] += 1
         residual[c] -= 1
     while counts.sum() > total:
         cand = residual.clone()
-        cand[counts <= (present.long())] = float("inf")
+        cand[counts <= present.long()] = float("inf")
         c = int(cand.argmin())
         counts[c] -= 1
         residual[c] += 1
