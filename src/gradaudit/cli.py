@@ -25,7 +25,7 @@ from .errors import ConfigError, GradauditError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="gradaudit: how much of a client's private data can be rebuilt from its update?")
-console = Console(stderr=False)
+console = Console(width=None if sys.stdout.isatty() else 110)
 _state = {"debug": False}
 
 
@@ -62,7 +62,9 @@ def _fmt(v: Any, digits: int = 2) -> str:
 def _summary(rows: list[dict], title: str) -> Table:
     table = Table(title=title)
     for col in ("defense", "attack", "B", "images", "PSNR (dB)", "SSIM", "label acc", "time (s)"):
-        table.add_column(col, justify="right" if col not in ("defense", "attack") else "left")
+        text = col in ("defense", "attack")
+        table.add_column(col, justify="left" if text else "right", no_wrap=text,
+                         min_width=max([len(str(r[col])) for r in rows] + [len(col)]) if text else None)
     for r in rows:
         table.add_row(r["defense"], r["attack"], str(r["B"]), str(r["images"]), _fmt(r["psnr"]), _fmt(r["ssim"], 3),
                       _fmt(r["label_acc"]), _fmt(r["seconds"], 1))
