@@ -23,13 +23,7 @@ from gradaudit.threat import Observation
 FAST = ["--set", "attack.iterations=2"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: one thread is faster, and immune to OpenMP spin-waits on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _one_error_line(capsys) -> str:
@@ -43,7 +37,7 @@ def _one_error_line(capsys) -> str:
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, _single_thread):
+def run_dir(tmp_path_factory, single_thread):
     """One full (tiny) audit through the CLI; its observation is reused by the --observation tests."""
     out = tmp_path_factory.mktemp("cli") / "run"
     code = main(["attack", "--out", str(out), *FAST, "--batch-size", "1"])
