@@ -10,6 +10,7 @@ Bad input exits with status 2 and one line on stderr; ``--debug`` shows the trac
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from enum import Enum
@@ -157,7 +158,7 @@ def attack(
         if value is not None:
             overrides.append(f"{key}={str(value).lower() if isinstance(value, bool) else value}")
     if defense:
-        overrides.append(f"defenses=[{', '.join(defense)}]")
+        overrides.append("defenses=" + json.dumps(list(defense)))  # JSON is YAML: "dpsgd:1.0,1.1" stays one item
     cfg = load_config(config, overrides)
     if observation is not None:
         _attack_observation(cfg, observation, out)
@@ -170,7 +171,6 @@ def attack(
 
 
 def _attack_observation(cfg, path: Path, out: Path) -> None:
-    import json
 
     from safetensors.torch import save_file
 

@@ -18,3 +18,9 @@ class UpdateTransform(Protocol):
                  ) -> dict[str, torch.Tensor]: ...
 
     def describe(self) -> str: ...
+
+
+def fmt(x: float) -> str:
+    """A strength as describe() writes it: short ('4', '0.01', '1e-05') unless that would lose precision."""
+    short = f"{x:g}"
+    return short if float(short) == x else repr(float(x))

@@ -6,11 +6,13 @@ Seed 002 sweeps sigma in {1e-3, 1e-2, 1e-1}.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 from ..errors import ConfigError
+from .base import fmt
 
 
 @dataclass(frozen=True)
@@ -18,12 +20,12 @@ class GaussianNoise:
     sigma: float
 
     def __post_init__(self) -> None:
-        if not self.sigma >= 0:
-            raise ConfigError(f"noise sigma must be >= 0, got {self.sigma}")
+        if not (self.sigma >= 0 and math.isfinite(self.sigma)):
+            raise ConfigError(f"noise sigma must be finite and >= 0, got {self.sigma}")
 
     def __call__(self, update, generator=None):
         return {k: v + self.sigma * torch.randn(v.shape, generator=generator, dtype=v.dtype).to(v.device)
                 for k, v in update.items()}
 
     def describe(self) -> str:
-        return f"noise:{self.sigma:g}"
+        return f"noise:{fmt(self.sigma)}"

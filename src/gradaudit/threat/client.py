@@ -7,6 +7,14 @@
 The update then passes through the client's update transforms (defenses) in order, and is wrapped in an
 :class:`~gradaudit.threat.observation.Observation` together with what the server knows. The private batch
 itself never leaves this module.
+
+DP-SGD (:class:`~gradaudit.defenses.DPSGD`, a transform with ``per_sample = True``) cannot act on the mean
+update: when it is the first transform, the client computes per-sample gradients (``torch.func``) and shares
+``privatize(per_sample)`` instead of the batch mean (FedSGD), or takes every local step with the privatized
+gradient (FedAvg: the update is lr * sum_k g~_k). The remaining transforms then apply as usual, and the
+observation's extras record the guarantee of the shared update: ``dp_epsilon`` for one full-batch step
+(sample rate 1; K steps for FedAvg) and ``dp_delta``. Models with batch norm are refused (per-sample gradients
+are undefined there).
 """
 
 from __future__ import annotations
@@ -58,6 +66,19 @@ class Client:
         self.model, self.spec, self.data = model, spec, data
         self.protocol, self.local_steps, self.local_lr = protocol, local_steps, local_lr
         self.transforms = list(transforms)
+        per_sample = [i for i, t in enumerate(self.transforms) if getattr(t, "per_sample", False)]
+        if len(per_sample) > 1:
+            raise ConfigError("at most one per-sample defense (DP-SGD) can be applied, got "
+                              + ", ".join(self.transforms[i].describe() for i in per_sample))
+        if per_sample and per_sample[0] != 0:
+            raise ConfigError(f"'{self.transforms[per_sample[0]].describe()}' acts on per-sample gradients while "
+                              f"they are computed, so it must be the first defense")
+        self.dp = self.transforms[0] if per_sample else None
+        if self.dp is not None and batchnorm_layers(model):
+            raise ConfigError(f"'{self.dp.describe()}' (DP-SGD) needs a model without batch norm: per-sample "
+                              f"gradients are not defined when BatchNorm mixes the samples of a batch (Opacus has "
+                              f"the same restriction); model '{spec.name}' has {len(batchnorm_layers(model))} "
+                              f"BatchNorm layers")
         self.knowledge = knowledge
         self.generator = None if seed is None else torch.Generator().manual_seed(seed)
 
@@ -93,8 +114,13 @@ class Client:
             for h in hooks:
                 h.remove()
         bn_stats = stats
-        for transform in self.transforms:
+        for transform in self.transforms[1:] if self.dp is not None else self.transforms:
             update = transform(update, generator=self.generator)
+        extras = {}
+        if self.dp is not None:  # one full-batch Gaussian mechanism per step (sample rate 1)
+            steps = self.local_steps if self.protocol == "fedavg" else 1
+            extras = {"dp_epsilon": float(self.dp.epsilon(steps=steps, sample_rate=1.0)),
+                      "dp_delta": float(self.dp.delta)}
         return Observation(
             model=self.spec, parameters=theta0, update=update, batch_size=images.shape[0], data=self.data,
             buffers=buffers, update_kind="gradient" if self.protocol == "fedsgd" else "local_update",
@@ -102,12 +128,14 @@ class Client:
             local_lr=self.local_lr if self.protocol == "fedavg" else None,
             labels=labels.detach().clone() if self.knowledge.labels else None,
             bn_statistics=bn_stats if self.knowledge.bn_statistics else None,
-            defenses=[t.describe() for t in self.transforms])
+            defenses=[t.describe() for t in self.transforms], extras=extras)
 
     def _local_update(self, local: nn.Module, x: torch.Tensor, labels: torch.Tensor,
                       theta0: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """FedSGD: the mean gradient at theta_0. FedAvg: K full-batch SGD steps, theta_0 - theta_K."""
         params = list(local.parameters())
+        if self.dp is not None:
+            return self._private_update(local, x, labels, theta0)
         if self.protocol == "fedsgd":
             grads = torch.autograd.grad(F.cross_entropy(local(x), labels), params)
             return {k: g.detach() for k, g in zip(theta0, grads)}
@@ -116,4 +144,18 @@ class Client:
             with torch.no_grad():
                 for p, g in zip(params, grads):
                     p.sub_(self.local_lr * g)
+        return {k: (theta0[k] - p.detach()) for k, p in local.named_parameters()}
+
+    def _private_update(self, local: nn.Module, x: torch.Tensor, labels: torch.Tensor,
+                        theta0: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """DP-SGD: privatized per-sample gradients in place of the mean (FedSGD) or at every local step (FedAvg)."""
+        from ..defenses.dpsgd import per_sample_gradients
+
+        if self.protocol == "fedsgd":
+            return self.dp.privatize(per_sample_gradients(local, x, labels), generator=self.generator)
+        for _ in range(self.local_steps):
+            step = self.dp.privatize(per_sample_gradients(local, x, labels), generator=self.generator)
+            with torch.no_grad():
+                for name, p in local.named_parameters():
+                    p.sub_(self.local_lr * step[name])
         return {k: (theta0[k] - p.detach()) for k, p in local.named_parameters()}
