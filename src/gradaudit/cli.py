@@ -171,7 +171,6 @@ def attack(
 
 
 def _attack_observation(cfg, path: Path, out: Path) -> None:
-
     from safetensors.torch import save_file
 
     from .attacks.registry import build_attack
