@@ -216,6 +216,11 @@ def list_() -> None:
         console.print(f"[bold]{title}[/bold]: {', '.join(names)}")
 
 
+from .cli_observation import register as _register_observation  # noqa: E402
+
+_register_observation(app)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user errors -> one line on stderr and exit status 2 (``--debug`` re-raises)."""
     argv = list(sys.argv[1:] if argv is None else argv)
