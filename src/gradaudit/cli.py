@@ -219,6 +219,9 @@ def list_() -> None:
 from .cli_observation import register as _register_observation  # noqa: E402
 
 _register_observation(app)
+from .cli_vulnerability import register as _register_vulnerability  # noqa: E402
+
+_register_vulnerability(app)
 
 
 def main(argv: list[str] | None = None) -> int:
