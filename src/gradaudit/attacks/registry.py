@@ -2,17 +2,36 @@
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
+from ..errors import ConfigError, unknown_name
+from .analytic.robbing_the_fed import RobbingTheFed
 from .base import Attack
+from .features.cpa import CocktailPartyAttack
 from .matching.engine import GradientMatchingAttack
 from .matching.presets import PRESETS, preset_config
 
+#: attacks that are not gradient-matching presets: name -> class taking (device=, seed=, **hyper-parameters)
+ANALYTIC: dict[str, type[Attack]] = {"robbing-the-fed": RobbingTheFed, "cpa": CocktailPartyAttack}
+
 
 def attack_names() -> list[str]:
-    return sorted(PRESETS)
+    return sorted([*PRESETS, *ANALYTIC])
 
 
 def build_attack(name: str, *, device: str | torch.device = "cpu", seed: int = 0, **overrides) -> Attack:
     """Instantiate a named attack; ``overrides`` replace the preset's hyper-parameters (None = keep)."""
+    if name in ANALYTIC:
+        cls = ANALYTIC[name]
+        accepted = set(inspect.signature(cls).parameters) - {"device", "seed"}
+        given = {k: v for k, v in overrides.items() if v is not None}
+        bad = sorted(set(given) - accepted)
+        if bad:
+            raise ConfigError(f"attack '{name}' has no hyper-parameter {', '.join(repr(b) for b in bad)}; "
+                              f"valid: {', '.join(sorted(accepted))}")
+        return cls(device=device, seed=seed, **given)
+    if name not in PRESETS:
+        raise unknown_name("attack", name, attack_names())
     return GradientMatchingAttack(preset_config(name, **overrides), device=device, seed=seed, name=name)

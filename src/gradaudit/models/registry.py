@@ -18,6 +18,7 @@ from torch import nn
 from ..errors import ConfigError, unknown_name
 from .convnet import ConvNet
 from .lenet import LeNet
+from .malicious import ImprintedModel
 from .mlp import TwoLayerMLP
 from .resnet import ResNet18
 
@@ -26,6 +27,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "convnet": ConvNet,
     "resnet18": ResNet18,
     "mlp": TwoLayerMLP,
+    "imprint": ImprintedModel,  # malicious server: Robbing the Fed (models/malicious.py)
 }
 
 

@@ -1,0 +1,109 @@
+"""Cocktail Party Attack on the MLP's first layer.
+
+Measured on this CPU (embedded photos 32x32, MLP width 256 built with seed 0, FedSGD, defaults: Adam lr 0.01,
+1500 iterations, decor 1e-3, T 5, tv 0.01, box 1, bias scaling; 5-13 s per run on the shared 2-core machine;
+benchmarks/analytic_attacks.py):
+
+    batch seed                       0      1      2
+    PSNR >= 15 dB                  0.50   0.41   0.41
+    PSNR >= 15 dB or SSIM >= 0.5   0.56   0.56   0.47
+    median PSNR (dB)               14.9   14.4   14.1
+    best PSNR (dB)                 28.4   33.4   24.2
+
+On batch 0 the paper's objective alone (negentropy + decorrelation 1.0, no TV, no box; same budget) gets 0.09,
+and min-max ("range") scaling instead of the bias 0.25. The brief's target of >= 70% does not hold on this
+set: its 64 images are 8 crops of each of 8 photos, so a batch of 32 holds strongly correlated sources
+(|corr| up to 0.77), which ICA's independence assumption does not cover; the recovered images are
+approximate, never exact. The test asserts what holds, with a margin.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+import pytest
+import torch
+
+from gradaudit.attacks.features.cpa import CocktailPartyAttack, negentropy, whiten
+from gradaudit.attacks.registry import build_attack
+from gradaudit.data import load_dataset
+from gradaudit.errors import ConfigError
+from gradaudit.metrics import psnr, score_reconstruction
+from gradaudit.models import ModelSpec, build_model
+from gradaudit.threat import Client, DataSpec
+
+
+@pytest.fixture(scope="module")
+def data(single_thread):
+    return load_dataset("embedded")
+
+
+def _observe(data, indices, model="mlp", **kwargs):
+    images, labels = data.batch(indices)
+    spec = ModelSpec(model, data.num_classes, data.shape, kwargs)
+    torch.manual_seed(0)
+    obs = Client(build_model(spec), spec, DataSpec(data.name, data.mean, data.std)).share(images, labels)
+    return obs, images
+
+
+@pytest.fixture(scope="module")
+def batch32(data):
+    idx = torch.randperm(64, generator=torch.Generator().manual_seed(0))[:32].tolist()
+    return _observe(data, idx, width=256)
+
+
+def test_whitening_and_negentropy():
+    g = torch.Generator().manual_seed(0)
+    rows = torch.randn(40, 5, generator=g, dtype=torch.float64) @ torch.randn(5, 500, generator=g, dtype=torch.float64)
+    z, q, mu = whiten(rows, 5)
+    assert torch.allclose(z @ z.T / 499, torch.eye(5, dtype=torch.float64), atol=1e-8)
+    assert torch.allclose(q @ (rows - mu), z)
+    gauss = torch.randn(4, 200000, generator=g, dtype=torch.float64)
+    uniform = (torch.rand(4, 200000, generator=g, dtype=torch.float64) - 0.5) * 12 ** 0.5  # unit variance
+    laplace = torch.distributions.Laplace(0.0, 2 ** -0.5).sample((4, 200000)).double()
+    assert float(negentropy(gauss).max()) < 1e-5
+    assert float(negentropy(uniform).min()) > 3e-4 and float(negentropy(laplace).min()) > 3e-4  # ~7e-4, ~1.3e-3
+
+
+def test_one_sample_is_recovered_exactly_from_the_bias(data):
+    """B = 1: the gradient rows are all multiples of x, and dW / db gives sign and scale exactly."""
+    obs, images = _observe(data, [5], width=256)
+    rec = CocktailPartyAttack(iterations=5).reconstruct(obs)
+    assert rec.config["bias_scaled"] == 1
+    assert float(psnr(rec.images, images)[0]) > 60
+
+
+def test_cpa_unmixes_a_batch_of_32_photos(batch32):
+    obs, images = batch32
+    rec = build_attack("cpa").reconstruct(obs)
+    scores = score_reconstruction(rec.images, images)
+    good = sum((p >= 15 or s >= 0.5) for p, s in zip(scores.psnr, scores.ssim)) / 32
+    by_psnr = sum(p >= 15 for p in scores.psnr) / 32
+    median = statistics.median(scores.psnr)
+    print(f"CPA B=32 MLP-256: {by_psnr:.2f} at PSNR >= 15 dB, {good:.2f} at PSNR >= 15 or SSIM >= 0.5, median "
+          f"{median:.1f} dB, best {max(scores.psnr):.1f} dB, {rec.seconds:.1f} s")
+    assert rec.images.shape == images.shape
+    assert rec.config["bias_scaled"] >= 30
+    assert good >= 0.45 and by_psnr >= 0.4      # measured 0.56 and 0.50 (batch seed 0)
+    assert median >= 13.5 and max(scores.psnr) >= 22
+
+
+def test_the_papers_objective_alone_does_worse_here(batch32):
+    """Without TV and the box prior, negentropy favours sparse differences of correlated photos."""
+    obs, images = batch32
+    rec = CocktailPartyAttack(decor=1.0, tv=0.0, box=0.0).reconstruct(obs)
+    scores = score_reconstruction(rec.images, images)
+    good = sum((p >= 15 or s >= 0.5) for p, s in zip(scores.psnr, scores.ssim)) / 32
+    print(f"CPA paper objective: {good:.2f} at PSNR >= 15 or SSIM >= 0.5")
+    assert good <= 0.3                          # measured 0.09
+
+
+def test_cpa_needs_a_linear_first_layer(data):
+    obs, _ = _observe(data, [0, 1], model="lenet")
+    with pytest.raises(ConfigError, match="fully connected"):
+        CocktailPartyAttack().reconstruct(obs)
+    obs, _ = _observe(data, list(range(20)), width=16)
+    with pytest.raises(ConfigError, match="at least as many units"):
+        CocktailPartyAttack().reconstruct(obs)
+    with pytest.raises(ConfigError, match="scale"):
+        CocktailPartyAttack(scale="minmax")
