@@ -222,6 +222,11 @@ _register_observation(app)
 from .cli_vulnerability import register as _register_vulnerability  # noqa: E402
 
 _register_vulnerability(app)
+from .cli_evaluate import register as _register_evaluate  # noqa: E402
+_register_evaluate(app)
+
+from .cli_report import register as _register_report  # noqa: E402
+_register_report(app)
 
 
 def main(argv: list[str] | None = None) -> int:

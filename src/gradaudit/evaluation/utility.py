@@ -1,0 +1,410 @@
+"""Utility of a defense: train a model federatedly with the defense on and report what it cost (seed 002 Table 5).
+
+The simulation reuses the client update path of the audit: every client is a :class:`~gradaudit.threat.Client`
+with the defenses as its update transforms, so the update that trains the model is exactly the update an attacker
+would observe (no second implementation of any defense).
+
+One run, with N clients and R rounds::
+
+    train / test split (deterministic, stratified by class; fixed split seed, independent of ``seed``)
+    the training split is dealt into N IID shards (with ``seed``)
+    theta <- build_model(spec) under torch.manual_seed(seed)
+    for r in 1..R:
+        every client draws a minibatch of ``batch_size`` from its shard (without replacement within a pass)
+        and shares  u_i = Client(theta, transforms=defenses).share(x_i, y_i).update
+        FedSGD: u_i is the (defended) mean gradient,    theta <- theta - lr * mean_i u_i
+        FedAvg: u_i = theta - theta_K after K local SGD steps at lr (then defended),  theta <- theta - mean_i u_i
+
+Reported (seed 002 measures utility "by the final loss of the training task"):
+
+* ``final_train_loss``: the mean cross-entropy over the *whole* training split at the end (eval mode);
+* ``test_accuracy``: top-1 accuracy on the held-out split;
+* ``curve``: (round, training loss) at round 0 and every ``eval_every`` rounds, and at the end.
+
+Models with batch norm: clients train copies, so the server model's running statistics never move; before each
+evaluation they are re-estimated on the training split (cumulative average over one pass in train mode), as a
+server would calibrate a model before deployment.
+
+The embedded set (64 images, 8 photos x 8 crops) has no separate test split: 6 crops per photo train, 2 test
+(48 / 16). Datasets with a real test split (Fashion-MNIST, CIFAR) use stratified subsets of both, by default
+2000 training and 1000 test images, which keeps a run well under a minute on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data import ImageDataset, load_dataset
+from ..defenses.registry import parse_defense
+from ..errors import ConfigError
+from ..models.registry import ModelSpec, build_model
+from ..threat.client import Client, ServerKnowledge, batchnorm_layers
+from ..threat.observation import DataSpec
+from .store import ResultsStore, UtilityRow
+
+#: Defaults, sized so that one embedded-set LeNet run takes a few seconds on 2 CPU cores.
+DEFAULT_CLIENTS = 4
+DEFAULT_ROUNDS = 300
+DEFAULT_BATCH_SIZE = 8
+DEFAULT_LR = 0.1
+#: Datasets with a real test split: subset sizes used when none are given.
+DEFAULT_TRAIN_SUBSET = 2000
+DEFAULT_TEST_SUBSET = 1000
+#: Datasets without a test split: the fraction of every class held out for testing.
+HOLDOUT_FRACTION = 0.25
+#: The train/test split and the subsets use this seed, so every run of a study sees the same data.
+SPLIT_SEED = 0
+#: The label of "no defense", and the separator of a chain's transforms, as the sweep writes ``cells.defense``
+#: (:func:`gradaudit.evaluation.sweep.defense_label`), so that utility rows join with cells.
+NO_DEFENSE = "none"
+DEFENSE_JOIN = " + "
+
+ProgressFn = Callable[[int, int, float], None]
+
+
+@dataclass
+class UtilityResult:
+    """What one federated training run with a defense cost."""
+
+    defense: str
+    final_train_loss: float
+    test_accuracy: float
+    seconds: float
+    curve: list[tuple[int, float]]
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def initial_train_loss(self) -> float:
+        return self.curve[0][1]
+
+
+def defense_label(defense_specs: str | Sequence[str] | None) -> str:
+    """The canonical name of a defense chain: each transform's ``describe()`` joined by " + "; "none" if empty.
+
+    ``"none"`` (alone or inside a list) means no transform. Invalid specs raise ConfigError.
+    """
+    specs = _as_spec_list(defense_specs)
+    return DEFENSE_JOIN.join(parse_defense(s).describe() for s in specs) or NO_DEFENSE
+
+
+def split_chain(label: str) -> list[str]:
+    """``"dpsgd:C=1,sigma=1.1 + prune:0.9"`` -> its specs (a ``+`` inside a number such as ``1e+06`` is kept)."""
+    return [p for p in re.split(r"\+(?=\s*[A-Za-z])", label) if p.strip()]
+
+
+def _as_spec_list(defense_specs: str | Sequence[str] | None) -> list[str]:
+    if defense_specs is None:
+        return []
+    if isinstance(defense_specs, str):
+        defense_specs = split_chain(defense_specs)
+    out = []
+    for s in defense_specs:
+        if not isinstance(s, str):
+            raise ConfigError(f"a defense is given as a 'name:strength' string, got {s!r}")
+        if s.strip().lower() in ("", NO_DEFENSE):
+            continue
+        out.append(s.strip())
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- the data
+def _stratified_pick(labels: torch.Tensor, fraction: float | None, count: int | None,
+                     generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split indices into (picked, rest), taking the same share of every class (deterministic in generator).
+
+    ``count`` picks that many in all (classes in proportion, remainders to the largest classes first);
+    ``fraction`` picks round(fraction * n_c) of every class c (at least 1 when a class has 2 or more).
+    """
+    classes = torch.unique(labels).tolist()
+    per_class = {c: (labels == c).nonzero().flatten() for c in classes}
+    per_class = {c: idx[torch.randperm(len(idx), generator=generator)] for c, idx in per_class.items()}
+    n = len(labels)
+    if count is not None:
+        count = max(0, min(count, n))
+        exact = {c: count * len(idx) / n for c, idx in per_class.items()}
+        take = {c: int(math.floor(v)) for c, v in exact.items()}
+        left = count - sum(take.values())
+        for c in sorted(classes, key=lambda c: (-(exact[c] - take[c]), c))[:left]:
+            take[c] += 1
+    else:
+        take = {c: (min(len(idx) - 1, max(1, round(fraction * len(idx)))) if len(idx) > 1 else 0)
+                for c, idx in per_class.items()}
+    picked = [idx[:take[c]] for c, idx in per_class.items()]
+    rest = [idx[take[c]:] for c, idx in per_class.items()]
+    cat = lambda parts: torch.sort(torch.cat(parts))[0] if parts else torch.zeros(0, dtype=torch.int64)
+    return cat(picked), cat(rest)
+
+
+def load_splits(dataset: str = "embedded", data_root: str | None = None, train_size: int | None = None,
+                test_size: int | None = None) -> tuple[ImageDataset, ImageDataset]:
+    """The (train, test) datasets of a utility run (deterministic; see the module docstring)."""
+    for name, v in (("train_size", train_size), ("test_size", test_size)):
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+    train = load_dataset(dataset, root=data_root, split="train")
+    test = load_dataset(dataset, root=data_root, split="test")
+    g = torch.Generator().manual_seed(SPLIT_SEED)
+    same = len(train) == len(test) and torch.equal(train.labels, test.labels) and torch.equal(train.images,
+                                                                                              test.images)
+    if same:  # an evaluation set without a test split: hold out a stratified share of every class
+        held, kept = _stratified_pick(train.labels, HOLDOUT_FRACTION, None, g)
+        train, test = train.subset(kept), train.subset(held)
+        if train_size is not None or test_size is not None:
+            if train_size is not None and train_size > len(train):
+                raise ConfigError(f"train_size {train_size} exceeds the {len(train)} training images of "
+                                  f"'{dataset}'")
+            if test_size is not None and test_size > len(test):
+                raise ConfigError(f"test_size {test_size} exceeds the {len(test)} test images of '{dataset}'")
+    else:
+        train_size = DEFAULT_TRAIN_SUBSET if train_size is None else train_size
+        test_size = DEFAULT_TEST_SUBSET if test_size is None else test_size
+    if train_size is not None and train_size < len(train):
+        train = train.subset(_stratified_pick(train.labels, None, train_size, g)[0])
+    if test_size is not None and test_size < len(test):
+        test = test.subset(_stratified_pick(test.labels, None, test_size, g)[0])
+    if len(test) == 0:
+        raise ConfigError(f"dataset '{dataset}' is too small to hold out a test split")
+    return train, test
+
+
+# ------------------------------------------------------------------------------------------- the training
+def _evaluate(model: nn.Module, data: ImageDataset, chunk: int = 500) -> tuple[float, float]:
+    """(mean cross-entropy, top-1 accuracy) of ``model`` over all of ``data``, in eval mode."""
+    was_training = model.training
+    model.eval()
+    total_loss, correct = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(data), chunk):
+            x, y = data.batch(range(start, min(start + chunk, len(data))))
+            logits = model(data.normalize(x))
+            total_loss += float(F.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(1) == y).sum())
+    model.train(was_training)
+    return total_loss / len(data), correct / len(data)
+
+
+def _calibrated(model: nn.Module, data: ImageDataset, chunk: int = 500) -> nn.Module:
+    """For a model with batch norm: a copy whose running statistics are re-estimated on ``data``."""
+    if not batchnorm_layers(model):
+        return model
+    m = copy.deepcopy(model)
+    for bn in batchnorm_layers(m):
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative moving average over the pass
+    m.train()
+    with torch.no_grad():
+        for start in range(0, len(data), chunk):
+            x, _ = data.batch(range(start, min(start + chunk, len(data))))
+            m(data.normalize(x))
+    return m
+
+
+class _Shard:
+    """A client's training indices, served as minibatches without replacement within each pass."""
+
+    def __init__(self, indices: torch.Tensor, generator: torch.Generator) -> None:
+        self.indices, self.generator = indices, generator
+        self.order: list[int] = []
+
+    def next(self, batch_size: int) -> list[int]:
+        out: list[int] = []
+        while len(out) < min(batch_size, len(self.indices)):
+            if not self.order:
+                self.order = self.indices[torch.randperm(len(self.indices), generator=self.generator)].tolist()
+            out.append(self.order.pop())
+        return out
+
+
+def _check(name: str, value, minimum, kind=int) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if kind is int:
+        ok = ok and isinstance(value, int)
+    if not ok or value < minimum or (kind is float and value <= 0):
+        raise ConfigError(f"{name} must be {'an integer >= ' + str(minimum) if kind is int else 'a positive number'}"
+                          f", got {value!r}")
+
+
+def utility_config(defense_specs: str | Sequence[str] | None, dataset: str = "embedded", model: str = "lenet",
+                   model_kwargs: dict | None = None, clients: int = DEFAULT_CLIENTS, rounds: int = DEFAULT_ROUNDS,
+                   batch_size: int = DEFAULT_BATCH_SIZE, lr: float = DEFAULT_LR, protocol: str = "fedsgd",
+                   local_steps: int = 1, seed: int = 0, data_root: str | None = None,
+                   train_size: int | None = None, test_size: int | None = None) -> dict[str, Any]:
+    """The full, JSON-ready description of a utility run (what its key is a hash of)."""
+    specs = _as_spec_list(defense_specs)
+    transforms = [parse_defense(s) for s in specs]
+    return {"defense": DEFENSE_JOIN.join(t.describe() for t in transforms) or NO_DEFENSE,
+            "defenses": [t.describe() for t in transforms], "dataset": dataset, "model": model,
+            "model_kwargs": dict(model_kwargs or {}), "clients": clients, "rounds": rounds,
+            "batch_size": batch_size, "lr": lr, "protocol": protocol,
+            "local_steps": local_steps if protocol == "fedavg" else 1, "seed": seed,
+            "data_root": None if data_root is None else str(data_root), "train_size": train_size,
+            "test_size": test_size, "split_seed": SPLIT_SEED}
+
+
+def utility_key(defense_specs: str | Sequence[str] | None, **kwargs) -> str:
+    """A stable, readable key of a utility run: ``utility/<defense>/<dataset>/<model>/<hash of the config>``.
+
+    Takes the same arguments as :func:`measure_utility` (``progress``, ``eval_every``, ``threads`` do not matter).
+    """
+    kwargs = {k: v for k, v in kwargs.items() if k not in ("progress", "eval_every", "threads")}
+    cfg = utility_config(defense_specs, **kwargs)
+    digest = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return f"utility/{cfg['defense']}/{cfg['dataset']}/{cfg['model']}/{digest}"
+
+
+def measure_utility(defense_specs: str | Sequence[str] | None, dataset: str = "embedded", model: str = "lenet",
+                    model_kwargs: dict | None = None, clients: int = DEFAULT_CLIENTS, rounds: int = DEFAULT_ROUNDS,
+                    batch_size: int = DEFAULT_BATCH_SIZE, lr: float = DEFAULT_LR, protocol: str = "fedsgd",
+                    local_steps: int = 1, seed: int = 0, data_root: str | None = None,
+                    train_size: int | None = None, test_size: int | None = None,
+                    progress: Optional[ProgressFn] = None, eval_every: int | None = None,
+                    threads: int | None = 1) -> UtilityResult:
+    """Train ``model`` federatedly on ``dataset`` with the defense chain ``defense_specs`` on every client.
+
+    ``defense_specs``: a list of specs applied in order (``[]``, ``None`` or ``["none"]``: no defense), or one
+    string (``"dpsgd:1,1.1 + prune:0.9"``). FedSGD: ``lr`` is the server's step on the mean (defended) gradient;
+    FedAvg: ``lr`` is the clients' local step size over ``local_steps`` steps, and the server applies the mean
+    update. ``progress(round, rounds, train_loss)`` is called at every evaluation. Deterministic in ``seed``.
+    ``threads``: torch threads during the run (default 1: the tensors are tiny, and on a busy 2-core machine
+    two threads spin-wait on each other, measured 20x slower; None leaves the setting alone).
+    See the module docstring for the protocol and what is reported.
+    """
+    before = torch.get_num_threads()
+    if threads is not None:
+        _check("threads", threads, 1)
+        torch.set_num_threads(threads)
+    try:
+        return _measure(defense_specs, dataset, model, model_kwargs, clients, rounds, batch_size, lr, protocol,
+                        local_steps, seed, data_root, train_size, test_size, progress, eval_every)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _measure(defense_specs, dataset, model, model_kwargs, clients, rounds, batch_size, lr, protocol, local_steps,
+             seed, data_root, train_size, test_size, progress, eval_every) -> UtilityResult:
+    t0 = time.perf_counter()
+    cfg = utility_config(defense_specs, dataset=dataset, model=model, model_kwargs=model_kwargs, clients=clients,
+                         rounds=rounds, batch_size=batch_size, lr=lr, protocol=protocol, local_steps=local_steps,
+                         seed=seed, data_root=data_root, train_size=train_size, test_size=test_size)
+    _check("clients", clients, 1)
+    _check("rounds", rounds, 0)
+    _check("batch_size", batch_size, 1)
+    _check("local_steps", local_steps, 1)
+    _check("lr", lr, 0, float)
+    _check("seed", seed, 0)
+    if protocol not in ("fedsgd", "fedavg"):
+        raise ConfigError(f"unknown protocol '{protocol}'; valid: fedavg, fedsgd")
+    if eval_every is None:
+        eval_every = max(1, rounds // 20)
+    _check("eval_every", eval_every, 1)
+    transforms = [parse_defense(s) for s in _as_spec_list(defense_specs)]
+    train, test = load_splits(dataset, data_root, train_size, test_size)
+    if clients > len(train):
+        raise ConfigError(f"{clients} clients but only {len(train)} training images")
+
+    spec = ModelSpec(model, train.num_classes, train.shape, dict(model_kwargs or {}))
+    torch.manual_seed(seed)
+    global_model = build_model(spec)
+    data_spec = DataSpec(train.name, tuple(train.mean), tuple(train.std))
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(train), generator=g)
+    shards = [_Shard(order[i::clients], torch.Generator().manual_seed(seed * 1009 + 17 * i + 1))
+              for i in range(clients)]
+    # One Client per participant, all holding the server's model (share() trains a private copy); each has its
+    # own generator, so noise draws differ between clients and rounds but repeat for the same seed.
+    participants = [Client(global_model, spec, data_spec, protocol=protocol, local_steps=local_steps,
+                           local_lr=lr if protocol == "fedavg" else None, transforms=transforms,
+                           knowledge=ServerKnowledge(labels=False), seed=seed * 7919 + i + 1)
+                    for i in range(clients)]
+    params = dict(global_model.named_parameters())
+
+    def loss_now() -> tuple[float, float]:
+        return _evaluate(_calibrated(global_model, train), train)
+
+    curve = [(0, loss_now()[0])]
+    if progress:
+        progress(0, rounds, curve[0][1])
+    for r in range(1, rounds + 1):
+        total = {k: torch.zeros_like(p) for k, p in params.items()}
+        for client, shard in zip(participants, shards):
+            images, labels = train.batch(shard.next(batch_size))
+            update = client.share(images, labels).update
+            for k in total:
+                total[k] += update[k]
+        step = lr if protocol == "fedsgd" else 1.0
+        with torch.no_grad():
+            for k, p in params.items():
+                p.sub_(step * total[k] / clients)
+        if r % eval_every == 0 or r == rounds:
+            curve.append((r, loss_now()[0]))
+            if progress:
+                progress(r, rounds, curve[-1][1])
+    final_model = _calibrated(global_model, train)
+    final_loss, _ = _evaluate(final_model, train)
+    _, accuracy = _evaluate(final_model, test)
+    cfg.update({"train_images": len(train), "test_images": len(test)})
+    return UtilityResult(defense=cfg["defense"], final_train_loss=final_loss, test_accuracy=accuracy,
+                         seconds=time.perf_counter() - t0, curve=curve, config=cfg)
+
+
+# ------------------------------------------------------------------------------------------- the store
+def utility_row(key: str, result: UtilityResult) -> UtilityRow:
+    cfg = dict(result.config)
+    cfg["curve"] = [[int(r), _finite(l)] for r, l in result.curve]
+    return UtilityRow(key=key, defense=result.defense, dataset=cfg["dataset"], model=cfg["model"],
+                      final_train_loss=_finite(result.final_train_loss), test_accuracy=_finite(result.test_accuracy),
+                      seconds=result.seconds, config=cfg)
+
+
+def _finite(v: float) -> float | None:
+    return float(v) if v is not None and math.isfinite(v) else None
+
+
+def store_utility(store: ResultsStore, defenses: Iterable[str | Sequence[str] | None], *,
+                  baseline: bool = True, on_start: Optional[Callable[[str, str], None]] = None,
+                  progress: Optional[ProgressFn] = None, **kwargs) -> list[tuple[UtilityRow, bool]]:
+    """Measure every defense chain in ``defenses`` and add it to ``store``'s utility table.
+
+    Keys already stored are skipped (their stored row is returned). With ``baseline`` (default) the
+    no-defense run is measured too, first, since utility loss is measured against it. ``kwargs`` are
+    :func:`measure_utility`'s. Returns ``(row, newly_measured)`` per defense chain, baseline first.
+    Every spec is validated before any training starts.
+    """
+    chains = [_as_spec_list(d) for d in defenses]
+    if baseline and not any(not c for c in chains):
+        chains.insert(0, [])
+    seen, unique = set(), []
+    for c in chains:
+        label = defense_label(c)  # validates
+        if label not in seen:
+            seen.add(label)
+            unique.append(c)
+    stored = {row.key: row for row in store.utility()}
+    out = []
+    for chain in unique:
+        key = utility_key(chain, **kwargs)
+        if key in stored:
+            out.append((stored[key], False))
+            continue
+        if on_start:
+            on_start(key, defense_label(chain))
+        result = measure_utility(chain, progress=progress, **kwargs)
+        row = utility_row(key, result)
+        store.add_utility(row)
+        out.append((row, True))
+    return out
+
+
+def result_dict(result: UtilityResult) -> dict[str, Any]:
+    return asdict(result)

@@ -1,0 +1,43 @@
+"""`gradaudit utility`: measures into the run folder's results store and prints the table."""
+
+from __future__ import annotations
+
+import pytest
+
+from gradaudit.cli import main
+from gradaudit.evaluation.store import ResultsStore
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread(single_thread):
+    yield
+
+
+def test_utility_command_stores_baseline_and_defenses(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["utility", "--out", str(out), "--defense", "prune:0.9", "--defense", "dpsgd:1,1.1",
+                 "--rounds", "3", "--clients", "2", "--batch-size", "4"]) == 0
+    text = capsys.readouterr().out
+    assert "prune:0.9" in text and "dpsgd:C=1,sigma=1.1" in text and "measured" in text
+    with ResultsStore(out) as store:
+        rows = store.utility()
+    assert [r.defense for r in rows] == ["none", "prune:0.9", "dpsgd:C=1,sigma=1.1"]
+    assert all(r.config["rounds"] == 3 and r.config["clients"] == 2 for r in rows)
+    # a rerun measures nothing new
+    assert main(["utility", "--out", str(out), "--defense", "prune:0.9", "--rounds", "3", "--clients", "2",
+                 "--batch-size", "4"]) == 0
+    assert "stored" in capsys.readouterr().out
+    with ResultsStore(out) as store:
+        assert len(store.utility()) == 3
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--defense", "bogus:1"], "unknown defense 'bogus'"),
+    (["--defense", "prune:0.9", "--model-kwargs", "{not json"], "--model-kwargs"),
+    (["--defense", "prune:0.9", "--protocol", "sgd"], "protocol"),
+    (["--dataset", "nope"], "unknown dataset"),
+])
+def test_utility_command_user_errors_exit_2(tmp_path, capsys, args, message):
+    assert main(["utility", "--out", str(tmp_path / "r"), "--rounds", "1"] + args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err
