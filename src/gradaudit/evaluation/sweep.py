@@ -45,7 +45,7 @@ from typing import Any, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..config import AttackConfig, RunConfig, apply_overrides, parse_config, set_dotted
+from ..config import AttackConfig, RunConfig, apply_overrides, parse_config, read_yaml_mapping, set_dotted
 from ..defenses.registry import parse_defense
 from ..errors import ConfigError, GradauditError
 
@@ -273,15 +273,7 @@ def parse_sweep(data: Any) -> SweepConfig:
 
 def load_sweep(path: str | Path, overrides: list[str] | None = None) -> SweepConfig:
     """Read a sweep YAML file; ``overrides`` are dotted ``key=value`` strings (``base.attack.iterations=5``)."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"sweep file not found: {p}")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p} is not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p} must contain a mapping at the top level")
+    data = read_yaml_mapping(path, what="sweep")
     return parse_sweep(apply_overrides(data, list(overrides or [])))
 
 
