@@ -73,10 +73,9 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
-from scipy.stats import rankdata
 
 from ..errors import ConfigError
-from .correlation import spearman_bootstrap
+from .correlation import _rowwise_spearman, spearman_bootstrap
 from .lavp import PROXY_COLUMNS, compute_proxies
 
 #: attack loss -> (preset, default optimiser)
@@ -193,16 +192,6 @@ def oriented_quality(metric: str, values) -> np.ndarray:
 
         raise unknown_name("metric", metric, QUALITY_SIGN)
     return QUALITY_SIGN[metric] * np.asarray(values, dtype=float)
-
-
-def _rowwise_spearman(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
-    rx = rankdata(X, axis=1)
-    ry = rankdata(Y, axis=1)
-    rx = rx - rx.mean(1, keepdims=True)
-    ry = ry - ry.mean(1, keepdims=True)
-    den = np.sqrt((rx * rx).sum(1) * (ry * ry).sum(1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, (rx * ry).sum(1) / np.where(den > 0, den, 1), np.nan)
 
 
 def paired_delta(x: Sequence[float], base: Sequence[float], quality: Sequence[float], *, n_boot: int = 1000,
