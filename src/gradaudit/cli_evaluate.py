@@ -5,7 +5,8 @@
     gradaudit evaluate sweep.yaml --out runs/x --executor ray                       # a local Ray instance
     gradaudit evaluate sweep.yaml --out runs/x --executor ray --ray-address HOST:6379  # join a cluster
 
-Rerunning the same command resumes: cells already in RUN_DIR/results.sqlite are skipped. Bad input (unknown
+Rerunning the same command resumes: cells already in RUN_DIR/results.sqlite are skipped (add --retry-failed
+to run the failed ones again). Bad input (unknown
 keys, defenses, sizes) exits with status 2 before any cell runs; a cell that fails is recorded as failed and does
 not stop the sweep (the exit status stays 0: failed cells are results too).
 """
@@ -68,6 +69,8 @@ def register(app: typer.Typer) -> None:
         set_: list[str] = typer.Option([], "--set", help="Dotted override of the sweep, e.g. "
                                                          "base.attack.iterations=50 (repeatable)."),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
+        retry_failed: bool = typer.Option(False, "--retry-failed",
+                                          help="Run again the cells an earlier run recorded as failed."),
     ) -> None:
         """Run a sweep of attacks x defenses x batch sizes into --out, resuming whatever is already there."""
         from .evaluation.runner import run_sweep
@@ -75,7 +78,10 @@ def register(app: typer.Typer) -> None:
 
         sweep = load_sweep(sweep_yaml, set_)
         summary = run_sweep(sweep, out, executor=executor.value, workers=workers, ray_address=ray_address,
-                            progress=progress, threads=threads, console=console)
+                            progress=progress, threads=threads, console=console,
+                            retry_failed=retry_failed)
+        if summary.retried:
+            console.print(f"retried {summary.retried} cell(s) recorded as failed by an earlier run")
         for table in summary_tables(summary):
             console.print(table)
         for f in summary.failures[:10]:

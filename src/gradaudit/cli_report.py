@@ -1,6 +1,7 @@
 """CLI commands of the systematic evaluation (thin: each calls the Python API).
 
     gradaudit utility --out RUN_DIR --defense prune:0.9 --defense noise:0.01 [--dataset ... --rounds ...]
+    gradaudit utility --out RUN_DIR --sweep configs/defenses-small.yaml   # the sweep's defenses, data and model
     gradaudit report RUN_DIR
 
 ``utility`` trains the model federatedly once per defense (and once without, the baseline) and stores the final
@@ -25,6 +26,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def utility(
+        ctx: typer.Context,
         out: Path = typer.Option(..., "--out", help="Run folder: results go into its results store."),
         defense: list[str] = typer.Option(
             [], "--defense", help="A defense to measure, e.g. prune:0.9 (repeatable: one training run each; "
@@ -45,6 +47,10 @@ def register(app: typer.Typer) -> None:
                                                              "2000 of a large one)."),
         test_size: Optional[int] = typer.Option(None, help="Test images (default: 1000 of a large set)."),
         seed: int = typer.Option(0, help="Seed for shards, minibatches, model init and defense noise."),
+        sweep: Optional[Path] = typer.Option(
+            None, "--sweep", help="Take the defenses, dataset, model and protocol from this sweep file (e.g. the "
+                                  "run folder's sweep.yaml), so the utility rows join the sweep's cells; "
+                                  "--defense adds more, explicit --dataset/--model/--protocol win."),
     ) -> None:
         """Measure the utility cost of defenses (final training loss, test accuracy) and store it in --out."""
         from rich.table import Table
@@ -56,6 +62,9 @@ def register(app: typer.Typer) -> None:
                                          defense_label, store_utility)
 
         kwargs_dict = None
+        if sweep is not None:
+            defense, dataset, model, kwargs_dict, protocol, local_steps = _from_sweep(
+                ctx, sweep, defense, dataset, model, protocol, local_steps)
         if model_kwargs:
             try:
                 kwargs_dict = json.loads(model_kwargs)
@@ -97,6 +106,26 @@ def register(app: typer.Typer) -> None:
         console.print(table)
         console.print(f"Stored in {out / 'results.sqlite'} ({len(wanted)} utility rows). "
                       f"Build the report with: gradaudit report {out}")
+
+    def _from_sweep(ctx: typer.Context, path: Path, defense: list[str], dataset: str, model: str,
+                    protocol: str, local_steps: int):
+        """The sweep's defense chains and base data / model / protocol, unless given explicitly on the CLI."""
+        from .config import RunConfig
+        from .evaluation.sweep import load_sweep
+
+        def given(name: str) -> bool:
+            src = ctx.get_parameter_source(name)
+            return src is not None and src.name == "COMMANDLINE"
+
+        sw = load_sweep(path)
+        base = RunConfig.model_validate(sw.base)
+        chains = ["+".join(specs) for specs in sw.defenses if specs]
+        return ([*chains, *(d for d in defense if d not in chains)],
+                dataset if given("dataset") else base.data.name,
+                model if given("model") else base.model.name,
+                None if given("model") else (dict(base.model.kwargs) or None),
+                protocol if given("protocol") else base.threat.protocol,
+                local_steps if given("local_steps") else base.threat.local_steps)
 
     @app.command()
     def report(run_dir: Path = typer.Argument(..., help="Run folder holding results.sqlite."),

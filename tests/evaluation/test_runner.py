@@ -157,6 +157,21 @@ def test_a_failing_cell_is_recorded_after_its_retries_and_the_rest_finish(tmp_pa
     assert (again.done, again.failed, again.skipped, again.stored_failed) == (0, 0, 4, 2)
 
 
+def test_retry_failed_reruns_only_the_failed_cells_and_keeps_the_done_rows(tmp_path, picky_model):
+    spec = {"base": {**BASE, "model": {"name": picky_model}},
+            "attacks": [{"preset": "inverting-gradients", "overrides": {"iterations": 3}}],
+            "defenses": [[]], "batch_sizes": [1, 2], "retries": 0}
+    first = run_sweep(spec, tmp_path / "run", workers=1, threads=1, progress=False)
+    assert (first.done, first.failed) == (1, 1)
+    done_before = {r["key"]: r["finished_at"] for r in _rows(tmp_path / "run") if r["status"] == "done"}
+    again = run_sweep(spec, tmp_path / "run", workers=1, threads=1, progress=False, retry_failed=True)
+    # only the failed cell ran again (and failed again: the model still refuses B=2); the done row is untouched
+    assert (again.retried, again.done, again.failed, again.skipped) == (1, 0, 1, 1)
+    rows = _check_complete_rows(tmp_path / "run")
+    assert len(rows) == 2
+    assert {r["key"]: r["finished_at"] for r in rows if r["status"] == "done"} == done_before
+
+
 def test_a_cell_past_its_timeout_fails_and_does_not_hold_up_the_sweep(tmp_path):
     spec = {"base": BASE, "attacks": [{"preset": "inverting-gradients", "overrides": {"iterations": 100000}},
                                       {"preset": "inverting-gradients", "name": "quick",

@@ -41,3 +41,25 @@ def test_utility_command_user_errors_exit_2(tmp_path, capsys, args, message):
     assert main(["utility", "--out", str(tmp_path / "r"), "--rounds", "1"] + args) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err
+
+
+def test_utility_from_a_sweep_uses_its_defenses_data_and_model_so_rows_join_its_cells(tmp_path, capsys):
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text("base:\n  data: {name: embedded}\n  model: {name: mlp, kwargs: {width: 16}}\n"
+                     "attacks: [{preset: dlg}]\ndefenses: [[], [prune:0.9], ['dpsgd:1,1.1', 'prune:0.5']]\n"
+                     "batch_sizes: [1]\n")
+    out = tmp_path / "run"
+    assert main(["utility", "--out", str(out), "--sweep", str(sweep), "--rounds", "2", "--clients", "2"]) == 0
+    assert "mlp on embedded" in capsys.readouterr().out
+    with ResultsStore(out) as store:
+        rows = store.utility()
+    # the labels are the sweep's defense labels (cells.defense), so the analysis joins them
+    from gradaudit.evaluation.utility import defense_label
+    assert [r.defense for r in rows] == ["none", defense_label(["prune:0.9"]),
+                                         defense_label(["dpsgd:1,1.1", "prune:0.5"])]
+    assert all(r.model == "mlp" and r.config["model_kwargs"] == {"width": 16} for r in rows)
+    # an explicit --model wins over the sweep's
+    assert main(["utility", "--out", str(tmp_path / "r2"), "--sweep", str(sweep), "--model", "lenet",
+                 "--rounds", "1", "--clients", "2"]) == 0
+    with ResultsStore(tmp_path / "r2") as store:
+        assert {r.model for r in store.utility()} == {"lenet"}

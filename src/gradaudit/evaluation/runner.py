@@ -15,8 +15,9 @@ For each result it first writes the image file (to a temporary name, fsync, then
 the row in one transaction. A process killed at any moment, SIGKILL included, therefore leaves complete rows
 whose image files exist, and rerunning the same command skips every cell already in the store and runs only the
 missing ones. A cell that raises is re-run up to ``retries`` times, then stored as ``failed`` with its error;
-it never stops the sweep (and a rerun does not retry it: failed rows are results too). A lock file keeps two
-runners off the same folder.
+it never stops the sweep. A rerun keeps failed rows as results (they are not retried) unless asked to with
+``retry_failed=True`` (``--retry-failed``), which deletes this sweep's failed rows first and runs those cells
+again. A lock file keeps two runners off the same folder.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ LOCK_FILE = ".evaluate.lock"
 class SweepSummary:
     """What one :func:`run_sweep` call did, and the sweep's results so far (from the store).
 
-    ``done`` / ``failed`` count the cells finished by this call, ``skipped`` those already in the store.
+    ``done`` / ``failed`` count the cells finished by this call, ``skipped`` those already in the store,
+    ``retried`` the failed cells of an earlier call run again (``retry_failed``).
     ``rows``: one per (defense, batch size), in sweep order, with the strongest attack (highest mean PSNR over
     its samples, i.e. the lowest reconstruction error: seed 002's err(D, s) = min over attacks).
     """
@@ -56,6 +58,7 @@ class SweepSummary:
     done: int = 0
     failed: int = 0
     skipped: int = 0
+    retried: int = 0
     seconds: float = 0.0
     startup_s: float = 0.0
     stored_done: int = 0
@@ -277,13 +280,14 @@ class _Bar:
 def run_sweep(sweep: SweepConfig | dict[str, Any] | str | Path, run_dir: str | Path,
               executor: str | CellExecutor = "local", workers: int = 2, ray_address: Optional[str] = None,
               progress: bool = True, *,
-              threads: Optional[int] = None, console=None) -> SweepSummary:
+              threads: Optional[int] = None, console=None, retry_failed: bool = False) -> SweepSummary:
     """Run every cell of ``sweep`` not yet in ``run_dir``'s results store; see the module docstring.
 
     ``sweep``: a SweepConfig, its dict, or a YAML path. ``executor``: ``"local"`` (worker processes; workers=1
     runs in this process), ``"ray"`` (``ray_address`` joins a running cluster, otherwise a local instance with
     ``workers`` CPUs is started and shut down), or a :class:`CellExecutor`. ``threads``: torch threads per
-    worker (default cores // workers). Every cell is validated before any work starts (ConfigError).
+    worker (default cores // workers). ``retry_failed``: run again the cells stored as failed by an earlier
+    call (after fixing what made them fail). Every cell is validated before any work starts (ConfigError).
     """
     t0 = time.perf_counter()
     sweep = load_sweep(sweep) if isinstance(sweep, (str, Path)) else parse_sweep(sweep)
@@ -301,6 +305,8 @@ def run_sweep(sweep: SweepConfig | dict[str, Any] | str | Path, run_dir: str | P
     with _run_lock(run_dir), contextlib.closing(ResultsStore(run_dir)) as store:
         _write_sweep_file(run_dir, sweep)
         _clean_stale_temps(run_dir / CELLS_DIR)
+        if retry_failed:
+            summary.retried = store.forget_failed(set(by_key))
         finished = store.finished_keys()
         todo = [c for c in cells if c.key not in finished]
         summary.skipped = len(cells) - len(todo)

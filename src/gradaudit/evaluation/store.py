@@ -147,6 +147,20 @@ class ResultsStore:
                           attempts=r["attempts"], error=r["error"], images_path=r["images_path"],
                           metrics=json.loads(r["metrics_json"]) if r["metrics_json"] else {})
 
+    def forget_failed(self, keys: set[str] | None = None) -> int:
+        """Delete ``failed`` rows (all, or those in ``keys``) in one transaction, so a rerun retries them.
+
+        Returns how many rows were deleted. ``done`` rows are never touched.
+        """
+        with self._transaction():
+            if keys is None:
+                cur = self._conn.execute("DELETE FROM cells WHERE status = 'failed'")
+                return cur.rowcount
+            n = 0
+            for key in sorted(keys):
+                n += self._conn.execute("DELETE FROM cells WHERE status = 'failed' AND key = ?", (key,)).rowcount
+            return n
+
     def count(self, status: str | None = None) -> int:
         q = "SELECT COUNT(*) FROM cells" + (" WHERE status = ?" if status else "")
         return int(self._conn.execute(q, (status,) if status else ()).fetchone()[0])
