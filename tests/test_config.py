@@ -175,3 +175,18 @@ def test_to_yaml_round_trip(tmp_path):
     assert back.device == "cuda:0"
     # and the defaults round-trip too
     assert load_config(_write(tmp_path, RunConfig().to_yaml())) == RunConfig()
+
+
+def test_attack_params_reach_any_attack_and_unknown_ones_are_refused():
+    from gradaudit.attacks.registry import build_attack
+    from gradaudit.config import AttackConfig
+    from gradaudit.errors import ConfigError
+
+    cfg = AttackConfig(preset="cpa", params={"decor": 0.5, "iterations": 7})
+    attack = build_attack(cfg.preset, **cfg.overrides())
+    assert attack.decor == 0.5 and attack.iterations == 7
+    assert build_attack("dlg", **AttackConfig(preset="dlg", params={"lr": 0.5}).overrides()).config.lr == 0.5
+    with pytest.raises(ConfigError, match="no hyper-parameter 'bogus'"):
+        build_attack("dlg", **AttackConfig(preset="dlg", params={"bogus": 1}).overrides())
+    with pytest.raises(ConfigError, match="given twice"):
+        AttackConfig(preset="dlg", iterations=3, params={"iterations": 4}).overrides()

@@ -62,9 +62,17 @@ class AttackConfig(_Strict):
     first_bn_weight: Optional[float] = Field(default=None, ge=0)
     lbfgs_inner_steps: Optional[int] = Field(default=None, ge=1)
     vectorize: Optional[bool] = None
+    #: any other hyper-parameter of the attack, by the name its constructor takes (e.g. CPA's ``decor``, a
+    #: generative prior's ``generator``); checked against the attack when it is built
+    params: Optional[dict[str, Any]] = None
 
     def overrides(self) -> dict[str, Any]:
-        return {k: v for k, v in self.model_dump().items() if k != "preset" and v is not None}
+        out = {k: v for k, v in self.model_dump().items() if k not in ("preset", "params") and v is not None}
+        for k, v in (self.params or {}).items():
+            if k in out:
+                raise ConfigError(f"attack hyper-parameter '{k}' is given twice (as attack.{k} and in attack.params)")
+            out[k] = v
+        return out
 
 
 class RunConfig(_Strict):

@@ -58,7 +58,7 @@ def test_keys_are_distinct_and_the_hash_of_the_resolved_config():
     assert len(set(keys)) == len(keys)
     for c in cells[:3]:
         assert c.key == hashlib.sha256(canonical_json(c.config).encode()).hexdigest() == cell_key(c.config)
-        assert json.loads(canonical_json(c.config)) == c.config.model_dump(mode="json")
+        assert json.loads(canonical_json(c.config)) == c.config.model_dump(mode="json", exclude_none=True)
 
 
 def test_keys_are_stable_across_runs_and_spellings(tmp_path):

@@ -215,7 +215,12 @@ class Cell:
 
 
 def canonical_json(config: RunConfig) -> str:
-    return json.dumps(config.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    """The resolved config as sorted, compact JSON, without unset (None) options.
+
+    Leaving out None keeps a cell's key unchanged when a later version adds an optional setting (whose unset
+    value is None), so an old run folder still resumes; any value that is set is part of the key.
+    """
+    return json.dumps(config.model_dump(mode="json", exclude_none=True), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
 def cell_key(config: RunConfig) -> str:

@@ -31,6 +31,15 @@ def preset_config(name: str, **overrides) -> MatchingConfig:
 
     if name not in PRESETS:
         raise unknown_name("attack", name, PRESETS)
+    from dataclasses import fields
+
+    from ...errors import ConfigError
+
+    valid = {f.name for f in fields(MatchingConfig)}
+    bad = sorted(k for k, v in overrides.items() if v is not None and k not in valid)
+    if bad:
+        raise ConfigError(f"attack '{name}' has no hyper-parameter {', '.join(repr(b) for b in bad)}; "
+                          f"valid: {', '.join(sorted(valid))}")
     settings = dict(PRESETS[name])
     settings.update({k: v for k, v in overrides.items() if v is not None})
     return MatchingConfig(**settings)
