@@ -134,10 +134,14 @@ def attack(
     local_lr: Optional[float] = typer.Option(None, help="FedAvg local learning rate."),
     labels: Optional[Known] = typer.Option(None, help="Does the server know the labels?"),
     bn_stats: Optional[Known] = typer.Option(None, help="Does the server know the batch's BN statistics?"),
-    attack_name: Optional[str] = typer.Option(None, "--attack", help="dlg | inverting-gradients | gradinversion"),
+    attack_name: Optional[str] = typer.Option(None, "--attack", help="dlg | inverting-gradients | gradinversion | "
+                                                                      "gi-z | gi-w | gias | dip | ... (gradaudit list)"),
     iterations: Optional[int] = typer.Option(None, help="Attack iterations."),
     restarts: Optional[int] = typer.Option(None, help="Random restarts (vectorised)."),
     lr: Optional[float] = typer.Option(None, help="Attack step size."),
+    generator: Optional[str] = typer.Option(None, help="Prior checkpoint for gi-z | gi-w | gias "
+                                                         "(gradaudit prior train / meta-learn)."),
+    force: bool = typer.Option(False, "--force", help="Use a prior even if it was trained on the attacked images."),
     defense: list[str] = typer.Option([], "--defense", help="Update transform, e.g. noise:0.01 (repeatable)."),
     seed: Optional[int] = typer.Option(None, help="Seed for data choice, model init and attack."),
     device: Optional[str] = typer.Option(None, help="cpu | cuda"),
@@ -153,7 +157,8 @@ def attack(
                 "threat.labels_known": None if labels is None else labels == Known.known,
                 "threat.bn_statistics_known": None if bn_stats is None else bn_stats == Known.known,
                 "attack.preset": attack_name, "attack.iterations": iterations, "attack.restarts": restarts,
-                "attack.lr": lr, "seed": seed, "device": device}
+                "attack.lr": lr, "attack.params.generator": generator,
+                "attack.params.allow_train_overlap": True if force else None, "seed": seed, "device": device}
     for key, value in flag_map.items():
         if value is not None:
             overrides.append(f"{key}={str(value).lower() if isinstance(value, bool) else value}")

@@ -76,6 +76,9 @@ def prepare(config: RunConfig) -> PreparedRun:
     dataset = load_dataset(config.data.name, root=config.data.root, split=config.data.split,
                            image_size=config.data.image_size, download=config.data.download)
     indices = choose_indices(len(dataset), config.threat.batch_size, config.seed, config.data.indices)
+    from ..attacks.priors import check_attack_held_out
+
+    check_attack_held_out(attack, dataset.name, indices, config.data.split)  # a prior must not know the batch
     spec = ModelSpec(config.model.name, dataset.num_classes, dataset.shape, dict(config.model.kwargs))
     build_model(spec)  # fail early on a bad model name or kwargs
     return PreparedRun(config, dataset, indices, spec, attack, defenses, device)

@@ -83,6 +83,13 @@ class MatchingConfig:
             "joint" (DLG: optimise soft labels with the images).
         first_bn_weight: weight of the first BN layer in the "bn" prior.
         vectorize: run restarts through vmap (falls back to a loop when False).
+        parameterization: what is optimised (:mod:`gradaudit.attacks.priors.parameterization`): "pixels"
+            (the images themselves, the default), "latent" (GI-z), "generator" (GI-w), "gias" or "dip".
+        generator: the prior's checkpoint (NAME / NAME.json / NAME.safetensors, or ``package.module:factory``)
+            for "latent", "generator" and "gias".
+        latent_iterations, latent_lr: GIAS's first phase (latent search with the generator frozen).
+        allow_train_overlap: let callers that know the evaluation images use a prior trained on them
+            (:func:`gradaudit.attacks.priors.check_held_out`); the attack itself never sees those images.
     """
 
     distance: str = "cosine"
@@ -100,6 +107,11 @@ class MatchingConfig:
     lbfgs_inner_steps: int = 1
     vectorize: bool = True
     log_every: int = 10
+    parameterization: str = "pixels"
+    generator: str | None = None
+    latent_iterations: int = 0
+    latent_lr: float = 0.03
+    allow_train_overlap: bool = False
 
     def __post_init__(self) -> None:
         if self.distance not in DISTANCES:
@@ -125,6 +137,26 @@ class MatchingConfig:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if self.lbfgs_inner_steps < 1 or self.log_every < 1:
             raise ConfigError("lbfgs_inner_steps and log_every must be >= 1")
+        self._check_parameterization()
+
+    def _check_parameterization(self) -> None:
+        from ..priors.parameterization import PARAMETERIZATIONS
+
+        kind = self.parameterization
+        if kind not in PARAMETERIZATIONS:
+            raise unknown_name("parameterization", kind, PARAMETERIZATIONS)
+        if "z-norm" in self.regularizers and kind not in ("latent", "gias"):
+            raise ConfigError(f"the 'z-norm' regularizer needs a latent to penalise (parameterization 'latent' "
+                              f"or 'gias'), not '{kind}'")
+        if kind == "pixels":
+            return
+        if self.optimizer != "adam":
+            raise ConfigError(f"parameterization '{kind}' runs with optimizer 'adam' only, got '{self.optimizer}'")
+        if kind in ("latent", "generator", "gias") and not self.generator:
+            raise ConfigError(f"parameterization '{kind}' needs a generator: generator=PATH of a checkpoint "
+                              f"(train one with 'gradaudit prior train') or package.module:factory")
+        if self.latent_iterations < 0 or not self.latent_lr > 0:
+            raise ConfigError("latent_iterations must be >= 0 and latent_lr > 0")
 
 
 class GradientMatchingAttack(Attack):
@@ -195,14 +227,14 @@ class GradientMatchingAttack(Attack):
                 p = {n: p[n] - lr * g[n] for n in names}
             return [params[n] - p[n] for n in names], stats
 
-        def objective(x, label_param, param_grad=func_param_grad):
+        def objective(x, label_param, param_grad=func_param_grad, latent=None):
             y = label_param.softmax(-1) if label_param.is_floating_point() else label_param
             u, stats = update_of(x, y, param_grad)
             d = distance(u, target)
             total = d
             if regs:
                 ctx = RegularizerContext(bn_inputs=stats, bn_targets=bn_targets,
-                                         first_bn_weight=cfg.first_bn_weight)
+                                         first_bn_weight=cfg.first_bn_weight, latent=latent)
                 for fn, w in regs:
                     total = total + w * fn(x, ctx)
             return total, d
@@ -212,6 +244,10 @@ class GradientMatchingAttack(Attack):
     # ------------------------------------------------------------------ attack
     def reconstruct(self, observation: Observation, progress: ProgressFn | None = None) -> Reconstruction:
         cfg = self.config
+        if cfg.parameterization != "pixels":  # generative priors (seed 001): optimise P(theta), not pixels
+            from ..priors.attack import reconstruct_with_prior
+
+            return reconstruct_with_prior(self, observation, progress)
         t0 = time.perf_counter()
         obs = observation.to(self.device)
         victim = FunctionalVictim(obs, self.device)

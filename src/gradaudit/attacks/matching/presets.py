@@ -7,6 +7,13 @@
   reference runs 24k iterations x 8 restarts on a GPU; the CPU default is 1000 x 1.
 * ``gradinversion`` - Inverting Gradients plus batch-norm statistics matching (Yin et al., CVPR 2021), first BN
   layer weighted x10.
+* ``gi-z``, ``gi-w``, ``gias`` - generative image priors (Jeon et al., NeurIPS 2021, seed 001;
+  :mod:`gradaudit.attacks.priors`): cosine distance, TV 1e-4, z-norm 1e-3, plain Adam with the multistep
+  schedule, over a generator's latent (GI-z, lr 3e-2), its weights at a fixed random z (GI-w, lr 1e-3), or
+  GI-z followed by per-image generator copies (GIAS). Reference: GI-z 500-1000 iterations at lr 3e-2..1e-1,
+  then 5000-8000 GIAS iterations at lr 1e-3; the CPU defaults are 200 + 200. They need ``generator=PATH``.
+* ``dip`` - deep image prior (seed 002): the weights of an untrained U-Net with a fixed random input,
+  Adam lr 1e-2, TV 1e-4, 300 iterations.
 """
 
 from __future__ import annotations
@@ -22,6 +29,16 @@ PRESETS: dict[str, dict] = {
     "gradinversion": dict(distance="cosine", regularizers={"tv": 1e-3, "bn": 1e-3}, optimizer="adam", lr=0.1,
                           signed=True, iterations=1000, restarts=1, schedule="multistep", boxed=True,
                           first_bn_weight=10.0, labels="auto"),
+    "gi-z": dict(parameterization="latent", distance="cosine", regularizers={"tv": 1e-4, "z-norm": 1e-3},
+                 optimizer="adam", lr=0.03, signed=False, iterations=300, restarts=1, schedule="multistep",
+                 labels="auto"),
+    "gi-w": dict(parameterization="generator", distance="cosine", regularizers={"tv": 1e-4}, optimizer="adam",
+                 lr=1e-3, signed=False, iterations=300, restarts=1, schedule="multistep", labels="auto"),
+    "gias": dict(parameterization="gias", distance="cosine", regularizers={"tv": 1e-4, "z-norm": 1e-3},
+                 optimizer="adam", latent_lr=0.03, latent_iterations=200, lr=1e-3, signed=False, iterations=200,
+                 restarts=1, schedule="multistep", labels="auto"),
+    "dip": dict(parameterization="dip", distance="cosine", regularizers={"tv": 1e-4}, optimizer="adam", lr=1e-2,
+                signed=False, iterations=300, restarts=1, schedule="multistep", labels="auto"),
 }
 
 

@@ -11,6 +11,8 @@ and returns a scalar.
   Targets are the private batch's statistics when the threat model grants them, otherwise the running
   statistics the server sent with the model.
 * ``l2`` - image norm, mean x^2 (DeepInversion's l2 prior).
+* ``z-norm`` - latent norm ||z||^2 / d averaged over the batch (GIAS's latent penalty, weight 1e-3 in the
+  reference), for attacks that optimise a generator's latent z (``ctx.latent``; zero when there is none).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class RegularizerContext:
     bn_inputs: Sequence[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
     bn_targets: Sequence[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
     first_bn_weight: float = 10.0
+    latent: torch.Tensor | None = None
 
 
 Regularizer = Callable[[torch.Tensor, RegularizerContext], torch.Tensor]
@@ -57,11 +60,18 @@ def image_norm(x: torch.Tensor, ctx: RegularizerContext | None = None) -> torch.
     return (x ** 2).mean()
 
 
+def latent_norm(x: torch.Tensor, ctx: RegularizerContext | None = None) -> torch.Tensor:
+    if ctx is None or ctx.latent is None:
+        return x.new_zeros(())
+    return (ctx.latent ** 2).mean()
+
+
 REGULARIZERS: dict[str, Regularizer] = {
     "tv": total_variation,
     "tv-squared": total_variation_squared,
     "bn": bn_statistics,
     "l2": image_norm,
+    "z-norm": latent_norm,
 }
 
 

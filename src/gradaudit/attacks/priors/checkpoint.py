@@ -1,0 +1,211 @@
+"""Generator checkpoints (safetensors + JSON, checksummed) and the held-out protocol.
+
+A checkpoint is ``NAME.safetensors`` (tensors only; no pickle is ever loaded) plus ``NAME.json``: the format,
+the generator's kind and constructor arguments, the training provenance (dataset, split, the training indices
+as sorted ``[start, stop)`` ranges and their SHA-256, image shape, latent dimension, training steps) and the
+SHA-256 of the tensor file, exactly as :class:`~gradaudit.threat.Observation` does, so a truncated or
+tampered file is refused.
+
+Held-out protocol (seed 001): a prior must not have seen the images it is evaluated on.
+:func:`check_held_out` compares the evaluation images (dataset, split, indices) with the checkpoint's
+provenance and raises :class:`~gradaudit.errors.ConfigError` on any overlap, unless the caller passes
+``allow_train_overlap=True``. Splits of ``embedded`` hold the same 64 images, so its split names are ignored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from ...errors import ConfigError, GradauditError
+from .generators import build_generator
+
+FORMAT = "gradaudit-generator"
+#: datasets whose "train" and "test" splits contain the same images
+SHARED_SPLITS = frozenset({"embedded"})
+
+
+class CheckpointError(GradauditError, ValueError):
+    """A generator checkpoint is missing, malformed, tampered with, or was trained on the evaluation images."""
+
+
+def _base(path: str | Path) -> Path:
+    base = Path(path)
+    return base.with_suffix("") if base.suffix in (".safetensors", ".json") else base
+
+
+def save_checked(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> tuple[Path, Path]:
+    """Write ``path.safetensors`` and ``path.json`` (meta + the tensor file's SHA-256), atomically per file."""
+    from safetensors.torch import save_file
+
+    base = _base(path)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    st_path, js_path = base.with_suffix(".safetensors"), base.with_suffix(".json")
+    tmp_st, tmp_js = st_path.with_name(st_path.name + ".tmp"), js_path.with_name(js_path.name + ".tmp")
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp_st))
+    meta = {**meta, "sha256": hashlib.sha256(tmp_st.read_bytes()).hexdigest()}
+    tmp_js.write_text(json.dumps(meta, indent=2))
+    tmp_st.replace(st_path)  # an interruption between the two leaves a checksum mismatch, which load refuses
+    tmp_js.replace(js_path)
+    return st_path, js_path
+
+
+def load_checked(path: str | Path, fmt: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a pair written by :func:`save_checked`; refuse a wrong format, a bad checksum or a corrupt file."""
+    from safetensors.torch import load
+
+    base = _base(path)
+    st_path, js_path = base.with_suffix(".safetensors"), base.with_suffix(".json")
+    for p in (st_path, js_path):
+        if not p.is_file():
+            raise CheckpointError(f"checkpoint file not found: {p} (a checkpoint is NAME.safetensors + NAME.json)")
+    try:
+        meta = json.loads(js_path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{js_path} is not valid JSON: {e}") from None
+    if not isinstance(meta, dict) or meta.get("format") != fmt:
+        raise CheckpointError(f"{js_path} is not a {fmt} file (format={meta.get('format') if isinstance(meta, dict) else None!r})")
+    raw = st_path.read_bytes()
+    if hashlib.sha256(raw).hexdigest() != meta.get("sha256"):
+        raise CheckpointError(f"{st_path} does not match the checksum in {js_path.name}: truncated or modified")
+    try:
+        tensors = load(raw)
+    except Exception as e:  # noqa: BLE001 - any parse failure is a bad file
+        raise CheckpointError(f"{st_path} is not a valid safetensors file: {e}") from None
+    return tensors, meta
+
+
+# ----------------------------------------------------------------- index sets
+def index_ranges(indices: Iterable[int]) -> list[list[int]]:
+    """Sorted distinct indices as half-open ``[start, stop)`` runs: [0,1,2,5] -> [[0, 3], [5, 6]]."""
+    runs: list[list[int]] = []
+    for i in sorted(set(int(v) for v in indices)):
+        if runs and runs[-1][1] == i:
+            runs[-1][1] = i + 1
+        else:
+            runs.append([i, i + 1])
+    return runs
+
+
+def indices_sha256(indices: Iterable[int]) -> str:
+    return hashlib.sha256(json.dumps(index_ranges(indices)).encode()).hexdigest()
+
+
+def _in_ranges(i: int, runs: Sequence[Sequence[int]]) -> bool:
+    import bisect
+
+    k = bisect.bisect_right([r[0] for r in runs], i) - 1
+    return k >= 0 and runs[k][0] <= i < runs[k][1]
+
+
+@dataclass
+class Provenance:
+    """What a generator was trained on: dataset, split and indices (empty for GIML: gradients only)."""
+
+    dataset: str | None = None
+    split: str | None = None
+    indices: list[int] = field(default_factory=list)
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"dataset": self.dataset, "split": self.split, "train_indices": index_ranges(self.indices),
+                "train_indices_sha256": indices_sha256(self.indices), "num_train_images": len(set(self.indices)),
+                "note": self.note}
+
+
+def check_held_out(meta: dict[str, Any], dataset: str, indices: Sequence[int], split: str = "train", *,
+                   allow_train_overlap: bool = False) -> None:
+    """Refuse a prior trained on any of the evaluation images ``dataset[split][indices]``.
+
+    ``meta`` is a checkpoint's metadata (its ``training`` section is read). Raises ConfigError naming the
+    first overlapping index, unless ``allow_train_overlap``. A checkpoint without provenance is refused too
+    (its training data cannot be shown to be disjoint).
+    """
+    if allow_train_overlap:
+        return
+    training = meta.get("training")
+    if not isinstance(training, dict) or "train_indices" not in training:
+        raise ConfigError("the generator checkpoint records no training data, so it cannot be shown to be held "
+                          "out from the evaluation images; pass --force / allow_train_overlap=True to use it anyway")
+    if training.get("dataset") != dataset:
+        return
+    same_pool = dataset in SHARED_SPLITS or training.get("split") == split
+    if not same_pool:
+        return
+    runs = training["train_indices"]
+    seen = [i for i in indices if _in_ranges(int(i), runs)]
+    if seen:
+        raise ConfigError(f"the generator was trained on evaluation image {seen[0]} of {dataset} ({split} split; "
+                          f"{len(seen)} of {len(indices)} evaluation images were in its training set): pick "
+                          f"held-out images (its metadata lists the training indices) or pass --force / "
+                          f"allow_train_overlap=True")
+
+
+# ---------------------------------------------------------------- generators
+def save_generator(path: str | Path, generator: nn.Module, *, provenance: Provenance | None = None,
+                   steps: int = 0, extra: dict[str, Any] | None = None) -> tuple[Path, Path]:
+    """Save a :class:`DCGAN` / :class:`DeepImagePrior` with its constructor arguments and provenance."""
+    prov = provenance or Provenance()
+    cfg = generator.config()
+    meta = {"format": FORMAT, "version": 1, "kind": generator.kind, "kwargs": cfg,
+            "image_shape": [cfg["channels"], *cfg["image_size"]], "latent_dim": cfg.get("latent_dim"),
+            "training_steps": int(steps), "training": prov.to_dict(), "extra": extra or {}}
+    tensors = dict(generator.state_dict())
+    return save_checked(path, tensors, meta)
+
+
+@dataclass
+class LoadedGenerator:
+    module: nn.Module
+    meta: dict[str, Any]
+
+    @property
+    def latent_dim(self) -> int | None:
+        return self.meta.get("latent_dim")
+
+
+def read_generator_meta(path: str | Path) -> dict[str, Any]:
+    """The checkpoint's JSON metadata (not verified against the tensors; :func:`load_generator` does that)."""
+    js = _base(path).with_suffix(".json")
+    if not js.is_file():
+        raise CheckpointError(f"checkpoint file not found: {js}")
+    try:
+        return json.loads(js.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{js} is not valid JSON: {e}") from None
+
+
+def load_generator(spec: str | Path, device: str | torch.device = "cpu") -> LoadedGenerator:
+    """Load a generator: a checkpoint path (NAME, NAME.json or NAME.safetensors) or ``package.module:factory``.
+
+    A factory must return an ``nn.Module`` mapping latents ``[N, latent_dim]`` to images ``[N, C, H, W]`` in
+    [-1, 1] and expose ``latent_dim`` (how user-supplied weights such as a StyleGAN are plugged in); its
+    provenance is unknown, so the held-out check refuses it unless forced.
+    """
+    text = str(spec)
+    base = _base(text)
+    if ":" in text and not base.with_suffix(".json").exists() and not Path(text).exists():
+        mod_name, _, fn_name = text.partition(":")
+        try:
+            module = getattr(importlib.import_module(mod_name), fn_name)()
+        except (ImportError, AttributeError) as e:
+            raise ConfigError(f"cannot build generator '{text}': {e}") from None
+        if not isinstance(module, nn.Module) or not hasattr(module, "latent_dim"):
+            raise ConfigError(f"generator factory '{text}' must return an nn.Module with a latent_dim attribute")
+        meta = {"format": FORMAT, "kind": "factory", "factory": text, "latent_dim": int(module.latent_dim),
+                "training": None}
+        return LoadedGenerator(module.to(device).eval(), meta)
+    tensors, meta = load_checked(text, FORMAT)
+    module = build_generator(meta["kind"], **meta["kwargs"])
+    try:
+        module.load_state_dict(tensors, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{base}: tensors do not fit a {meta['kind']} with {meta['kwargs']}: {e}") from None
+    return LoadedGenerator(module.to(device).eval(), meta)

@@ -1,0 +1,141 @@
+"""Generative priors: generator shapes, checkpoints, the four presets, GIAS's vmap, the held-out protocol."""
+
+import pytest
+import torch
+
+from gradaudit.attacks import build_attack
+from gradaudit.attacks.priors import (DCGAN, CheckpointError, DeepImagePrior, Provenance, calibrate_batchnorm,
+                                      check_held_out, load_generator, read_generator_meta, save_generator)
+from gradaudit.attacks.priors import parameterization as P
+from gradaudit.config import load_config
+from gradaudit.errors import ConfigError
+from gradaudit.models import ModelSpec, build_model
+from gradaudit.threat import Client, DataSpec, ServerKnowledge
+
+DATA = DataSpec("t", (0.4, 0.5, 0.6), (0.2, 0.25, 0.3))
+
+
+@pytest.fixture(scope="module")
+def tiny_prior(tmp_path_factory, single_thread):
+    torch.manual_seed(0)
+    G = calibrate_batchnorm(DCGAN(latent_dim=8, channels=3, image_size=16, width=4))
+    path = tmp_path_factory.mktemp("prior") / "tiny"
+    save_generator(path, G, provenance=Provenance("embedded", "train", list(range(48))), steps=7)
+    return path, G
+
+
+@pytest.fixture(scope="module")
+def obs(single_thread):
+    torch.manual_seed(1)
+    spec = ModelSpec("lenet", 10, (3, 16, 16))
+    return Client(build_model(spec), spec, DATA, knowledge=ServerKnowledge(labels=True)).share(
+        torch.rand(2, 3, 16, 16), torch.tensor([1, 4]))
+
+
+@pytest.mark.parametrize("channels,size,side", [(1, 28, 32), (3, 32, 32), (3, 20, 24)])
+def test_dcgan_shapes_and_range(channels, size, side):
+    G = DCGAN(latent_dim=100, channels=channels, image_size=size, width=4)
+    x = G(torch.randn(3, 100) * 5)
+    assert x.shape == (3, channels, size, size) and G.base * 8 == side
+    assert x.min() >= -1 and x.max() <= 1
+    widths = [m.out_channels for m in G.net if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert widths == [32, 16, 8, 4]  # 8w-4w-2w-w: 512-256-128-64 at the reference width 64
+
+
+def test_dip_shape_and_fixed_input():
+    net = DeepImagePrior(channels=1, image_size=28)
+    noise = net.random_input(2, generator=torch.Generator().manual_seed(0))
+    assert noise.shape == (2, 16, 28, 28) and 0 <= noise.min() and noise.max() < 0.1
+    assert net(noise).shape == (2, 1, 28, 28)
+
+
+def test_checkpoint_round_trip_and_tamper_refusal(tiny_prior, tmp_path):
+    path, G = tiny_prior
+    loaded = load_generator(path)
+    z = torch.randn(4, 8)
+    torch.testing.assert_close(loaded.module(z), G.eval()(z))
+    meta = loaded.meta
+    assert meta["image_shape"] == [3, 16, 16] and meta["latent_dim"] == 8 and meta["training_steps"] == 7
+    assert meta["training"]["train_indices"] == [[0, 48]] and meta["training"]["dataset"] == "embedded"
+    raw = bytearray(path.with_suffix(".safetensors").read_bytes())
+    raw[-3] ^= 0xFF
+    bad = tmp_path / "bad"
+    bad.with_suffix(".safetensors").write_bytes(bytes(raw))
+    bad.with_suffix(".json").write_text(path.with_suffix(".json").read_text())
+    with pytest.raises(CheckpointError, match="checksum"):
+        load_generator(bad)
+
+
+@pytest.mark.parametrize("name", ["gi-z", "gi-w", "gias", "dip"])
+def test_presets_reduce_the_matching_loss(name, tiny_prior, obs):
+    path, _ = tiny_prior
+    lr = {"gi-z": 0.1, "gi-w": 0.01, "gias": 0.01, "dip": 0.01}[name]
+    rec = build_attack(name, generator=str(path), iterations=16, latent_iterations=8, lr=lr,
+                       schedule="none").reconstruct(obs)
+    assert rec.images.shape == (2, 3, 16, 16) and 0 <= rec.images.min() and rec.images.max() <= 1
+    assert rec.matching_loss < 0.95 * rec.history[0][1], rec.history
+    assert rec.labels.tolist() == [1, 4]
+
+
+def test_gias_needs_a_generator_and_checks_its_shape(tiny_prior):
+    with pytest.raises(ConfigError, match="needs a generator"):
+        build_attack("gias")
+    spec = ModelSpec("lenet", 10, (1, 16, 16))
+    one = Client(build_model(spec), spec, DataSpec("t", (0.5,), (0.5,))).share(torch.rand(1, 1, 16, 16),
+                                                                                torch.tensor([0]))
+    with pytest.raises(ConfigError, match="shape"):
+        build_attack("gi-z", generator=str(tiny_prior[0]), iterations=1).reconstruct(one)
+
+
+def test_gias_vmapped_copies_equal_a_loop_over_images(tiny_prior):
+    import copy
+
+    G = copy.deepcopy(tiny_prior[1]).double()  # float64: equal up to rounding, not float32 summation order
+    norm = lambda g: (g - 0.5) / 0.25  # noqa: E731
+    z = torch.randn(1, 3, 8, dtype=torch.float64)
+    param = P.gias(G, z, norm)
+    torch.manual_seed(3)  # give every image's copy different weights
+    theta = {k: (v[0] + 0.05 * torch.randn_like(v[0])).requires_grad_(True) for k, v in param.theta.items()}
+    const = {"z": z[0]}
+    a = param.render(theta, const)
+    b = P.gias_loop_render(G, norm)(theta, const)
+    torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
+    ga = torch.autograd.grad((a ** 2).sum(), list(theta.values()), retain_graph=True)
+    gb = torch.autograd.grad((b ** 2).sum(), list(theta.values()))
+    for x, y in zip(ga, gb):
+        torch.testing.assert_close(x, y, atol=1e-10, rtol=1e-8)
+    # image i depends on copy i only
+    g0 = torch.autograd.grad(a[0].sum(), list(theta.values()))
+    assert all(float(g[1:].abs().max()) == 0 for g in g0)
+
+
+def test_z_norm_refused_without_a_latent():
+    with pytest.raises(ConfigError, match="z-norm"):
+        build_attack("inverting-gradients", regularizers={"z-norm": 1e-3})
+
+
+def test_held_out_refusal(tiny_prior):
+    meta = read_generator_meta(tiny_prior[0])
+    with pytest.raises(ConfigError, match="evaluation image 3"):
+        check_held_out(meta, "embedded", [50, 3])
+    with pytest.raises(ConfigError):  # embedded's splits are the same images
+        check_held_out(meta, "embedded", [47], split="test")
+    check_held_out(meta, "embedded", [48, 63])
+    check_held_out(meta, "cifar10", [3])
+    check_held_out(meta, "embedded", [3], allow_train_overlap=True)
+    fm = {"training": Provenance("fashion-mnist", "train", range(60000)).to_dict()}
+    check_held_out(fm, "fashion-mnist", [3], split="test")
+    with pytest.raises(ConfigError):
+        check_held_out(fm, "fashion-mnist", [59999], split="train")
+    with pytest.raises(ConfigError, match="records no training data"):
+        check_held_out({"training": None}, "embedded", [60])
+
+
+def test_evaluation_cell_refuses_a_prior_trained_on_the_batch(tiny_prior):
+    from gradaudit.evaluation.cell import prepare
+
+    base = ["data.name=embedded", "attack.preset=gias", f"attack.params.generator={tiny_prior[0]}"]
+    with pytest.raises(ConfigError, match="trained on evaluation image 5"):
+        prepare(load_config(overrides=base + ["data.indices=[5]"]))
+    prepare(load_config(overrides=base + ["data.indices=[52]"]))
+    prepare(load_config(overrides=base + ["data.indices=[5]", "attack.params.allow_train_overlap=true"]))
