@@ -5,6 +5,8 @@ Cells attack 16x16 embedded images with LeNet (or a tiny user model) for a few i
 
 from __future__ import annotations
 
+import contextlib
+
 import os
 import signal
 import sqlite3
@@ -103,6 +105,66 @@ def test_resume_after_sigkill(tmp_path):
     after = {r["key"]: r for r in rows}
     for key, row in before.items():
         assert after[key] == row  # untouched: same finished_at, same scores
+
+
+def test_workers_exit_when_the_runner_is_killed(tmp_path):
+    """SIGKILL on `gradaudit evaluate` leaves no worker burning the cores on cells nobody will store."""
+    spec = {"base": BASE, "attacks": [{"preset": "inverting-gradients", "overrides": {"iterations": 100000}}],
+            "defenses": [[]], "batch_sizes": [1], "samples": 2}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    cmd = [sys.executable, "-m", "gradaudit.cli", "evaluate", str(path), "--out", str(tmp_path / "run"),
+           "--workers", "2", "--threads", "1", "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+    def workers() -> set[int]:
+        out = subprocess.run(["pgrep", "-f", "multiprocessing.forkserver"], capture_output=True, text=True).stdout
+        pids = set()
+        for pid in map(int, out.split()):
+            try:
+                env = open(f"/proc/{pid}/environ", "rb").read()
+                cwd = os.readlink(f"/proc/{pid}/cwd")
+            except OSError:
+                continue
+            if cwd == os.getcwd() and pid not in before and b"OMP_NUM_THREADS=1" in env:
+                pids.add(pid)
+        return pids
+
+    before = set(map(int, subprocess.run(["pgrep", "-f", "multiprocessing.forkserver"], capture_output=True,
+                                         text=True).stdout.split()))
+    try:
+        deadline = time.monotonic() + 60
+        while len(workers()) < 3:  # the fork server and its two workers
+            assert proc.poll() is None and time.monotonic() < deadline, "the workers did not start"
+            time.sleep(0.1)
+        time.sleep(1.0)  # the cells are running now
+        started = workers()
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 15
+        while started & _alive(started) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = started & _alive(started)
+        assert not left, f"processes still running after the runner was killed: {sorted(left)}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for pid in workers():
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pids: set[int]) -> set[int]:
+    out = set()
+    for pid in pids:
+        try:
+            state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            out.add(pid)
+    return out
     assert sorted(p.name for p in (run_dir / "cells").iterdir()) == sorted(f"{k}.safetensors" for k in expected)
     assert (run_dir / SWEEP_FILE).is_file()
 

@@ -153,11 +153,41 @@ class CellExecutor(ABC):
 
 
 # ------------------------------------------------------------------------------------------------- local
-def _init_worker(threads: int, ready=None) -> None:
-    """Runs once in each worker process: pin the thread count, import the heavy modules up front, and (with a
-    barrier) wait until every worker of the pool is ready, so that no worker takes all the first cells."""
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # pragma: no cover - exists, owned by someone else
+        return True
+    return True
+
+
+def watch_parent(pid: int, interval_s: float = 1.0) -> None:
+    """Exit this process soon after process ``pid`` (the runner) is gone.
+
+    A runner killed with SIGKILL cannot stop its pool, and a fork-server worker is not its child, so without
+    this the worker would finish (and waste the cores on) a cell whose result nobody will store. A daemon
+    thread polls every ``interval_s`` and leaves with ``os._exit`` (no cleanup is needed: workers never write
+    to the run folder)."""
+    import threading
+
+    def loop() -> None:
+        while _pid_alive(pid):
+            time.sleep(interval_s)
+        os._exit(1)
+
+    threading.Thread(target=loop, name="gradaudit-parent-watch", daemon=True).start()
+
+
+def _init_worker(threads: int, ready=None, parent_pid: Optional[int] = None) -> None:
+    """Runs once in each worker process: pin the thread count, exit with the runner (:func:`watch_parent`),
+    import the heavy modules up front, and (with a barrier) wait until every worker of the pool is ready, so
+    that no worker takes all the first cells."""
     import torch
 
+    if parent_pid is not None:
+        watch_parent(parent_pid)
     torch.set_num_threads(threads)
     warm_up()
     if ready is not None:
@@ -215,7 +245,7 @@ class LocalExecutor(CellExecutor):
             ctx.set_forkserver_preload(list(FORKSERVER_PRELOAD))
         ready = ctx.Barrier(self.workers) if self.workers > 1 else None
         return cf.ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx, initializer=_init_worker,
-                                      initargs=(self.threads, ready))
+                                      initargs=(self.threads, ready, os.getpid()))
 
     def start(self) -> float:
         t0 = time.perf_counter()
