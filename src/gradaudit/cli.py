@@ -232,6 +232,8 @@ _register_evaluate(app)
 
 from .cli_report import register as _register_report  # noqa: E402
 _register_report(app)
+from .cli_prior import register as _register_prior  # noqa: E402
+_register_prior(app)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,7 +25,7 @@ from ..base import ProgressFn, Reconstruction
 from ..matching.engine import autograd_param_grad
 from ..matching.victim import FunctionalVictim
 from . import parameterization as P
-from .checkpoint import load_generator
+from .checkpoint import LoadedGenerator, load_generator
 from .generators import DeepImagePrior
 
 
@@ -132,6 +132,20 @@ class _Phase:
 def reconstruct_with_prior(attack, observation: Observation, progress: ProgressFn | None = None) -> Reconstruction:
     """Run ``attack`` (a GradientMatchingAttack whose config names a non-pixel parameterization)."""
     cfg = attack.config
+    kind = cfg.parameterization
+    if kind == "gias":
+        plan = [("latent", cfg.latent_iterations, cfg.latent_lr), ("gias", cfg.iterations, cfg.lr)]
+    else:
+        plan = [(kind, cfg.iterations, cfg.lr)]
+    loaded = None if kind == "dip" else load_generator(cfg.generator, attack.device)
+    return invert(attack, observation, loaded, plan, progress)[0]
+
+
+def invert(attack, observation: Observation, loaded: LoadedGenerator | None, plan: list[tuple[str, int, float]],
+           progress: ProgressFn | None = None) -> tuple[Reconstruction, dict[str, torch.Tensor]]:
+    """Run the phases of ``plan`` ((parameterization, iterations, lr), ...) and return the reconstruction and
+    the kept restart's final theta. A "generator" or "gias" phase after a "latent" one starts from its z."""
+    cfg = attack.config
     t0 = time.perf_counter()
     device = attack.device
     obs = observation.to(device)
@@ -149,35 +163,32 @@ def reconstruct_with_prior(attack, observation: Observation, progress: ProgressF
     else:
         label_param = labels.view(1, B).expand(R, B).contiguous()
 
-    history: list[tuple[int, float]] = []
-    kind = cfg.parameterization
-    phases: list[tuple[P.Parameterized | None, int, float]] = []
-    if kind == "dip":
-        factory = lambda: DeepImagePrior(channels=c, image_size=(h, w))  # noqa: E731
-        phases.append((P.dip(factory, R, B, norm, attack.seed, device), cfg.iterations, cfg.lr))
-        G, meta = None, {}
-    else:
-        loaded = load_generator(cfg.generator, device)
+    G, meta, z = None, {}, None
+    if loaded is not None:
         G, meta = loaded.module.eval(), loaded.meta
         for p in G.parameters():
             p.requires_grad_(False)
-        d = loaded.latent_dim
-        _check_shape(G, obs, d, device)
-        z = torch.randn(R, B, d, generator=gen).to(device)
-        if kind == "latent":
-            phases.append((P.latent(G, z, norm), cfg.iterations, cfg.lr))
+        _check_shape(G, obs, loaded.latent_dim, device)
+        z = torch.randn(R, B, loaded.latent_dim, generator=gen).to(device)
+    history: list[tuple[int, float]] = []
+    total_its = sum(n for _, n, _ in plan)
+    offset, phase = 0, None
+    for kind, n, lr in plan:
+        if kind != "dip" and G is None:
+            raise ConfigError(f"parameterization '{kind}' needs a generator")
+        if phase is not None and "z" in phase.param.theta:
+            z = phase.param.theta["z"]
+        if kind == "dip":
+            factory = lambda: DeepImagePrior(channels=c, image_size=(h, w))  # noqa: E731
+            param = P.dip(factory, R, B, norm, attack.seed, device)
+        elif kind == "latent":
+            param = P.latent(G, z, norm)
         elif kind == "generator":
-            phases.append((P.generator(G, z, norm), cfg.iterations, cfg.lr))
+            param = P.generator(G, z, norm)
         elif kind == "gias":
-            phases.append((P.latent(G, z, norm), cfg.latent_iterations, cfg.latent_lr))
-            phases.append((None, cfg.iterations, cfg.lr))  # built from the latent phase's z
+            param = P.gias(G, z, norm)
         else:  # pragma: no cover - MatchingConfig validates the name
             raise ConfigError(f"unknown parameterization '{kind}'")
-    total_its = sum(n for _, n, _ in phases)
-    offset, phase = 0, None
-    for param, n, lr in phases:
-        if param is None:  # GIAS phase 2: per-image generator copies at the latent phase's z
-            param = P.gias(G, phase.param.theta["z"], norm)
         phase = _Phase(attack, objective, param, label_param, joint)
         phase.run(n, lr, progress, offset, total_its, history)
         label_param = phase.label_param
@@ -196,7 +207,8 @@ def reconstruct_with_prior(attack, observation: Observation, progress: ProgressF
     info = {**asdict(cfg), "seed": attack.seed}
     if meta:
         info["generator_meta"] = {k: meta.get(k) for k in ("kind", "kwargs", "training_steps", "sha256")}
-    return Reconstruction(
+    rec = Reconstruction(
         images=images, labels=out_labels.detach().cpu(), attack=attack.name, matching_loss=float(final[best]),
         restart_losses=[float(v) for v in final], history=history, iterations=total_its,
         seconds=time.perf_counter() - t0, label_source=label_source, config=info)
+    return rec, th
