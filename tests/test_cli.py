@@ -62,7 +62,8 @@ def _edit_json(stem, edit):
 def test_list_names_everything(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
-    assert set(attack_names()) == {"dlg", "inverting-gradients", "gradinversion", "cpa", "robbing-the-fed"}
+    assert {"dlg", "inverting-gradients", "gradinversion", "cpa", "robbing-the-fed",
+            "tensor-features"} <= set(attack_names())
     for name in [*attack_names(), *MODELS, *DATASETS, *DEFENSES, "package.module:factory"]:
         assert name in out, name
     attacks_line = next(line for line in out.splitlines() if line.startswith("attacks"))

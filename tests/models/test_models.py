@@ -14,14 +14,15 @@ from gradaudit.models import MODELS, ConvNet, LeNet, ModelSpec, ResNet18, TwoLay
 SHAPES = [(3, 32, 32), (1, 28, 28)]
 # Small widths keep the expensive checks fast; the architecture (and so in-place ops) is the same.
 SMALL = {"lenet": {}, "convnet": {"width": 4}, "resnet18": {"width": 4}, "mlp": {"width": 16},
-         "imprint": {"base": "mlp", "bins": 8, "base_kwargs": {"width": 16}}}
+         "imprint": {"base": "mlp", "bins": 8, "base_kwargs": {"width": 16}},
+         "wide-head": {"backbone": "convnet", "width": 16, "backbone_kwargs": {"width": 4}}}
 
 
 def test_registry_names_the_victims():
-    from gradaudit.models.malicious import ImprintedModel
+    from gradaudit.models.malicious import ImprintedModel, WideFeatureModel
 
     assert MODELS == {"lenet": LeNet, "convnet": ConvNet, "resnet18": ResNet18, "mlp": TwoLayerMLP,
-                      "imprint": ImprintedModel}
+                      "imprint": ImprintedModel, "wide-head": WideFeatureModel}
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))

@@ -29,6 +29,8 @@ class Reconstruction:
         restart_losses: final matching distance of every restart.
         history: (iteration, best matching distance over restarts) every few iterations.
         seconds: wall-clock time of the attack.
+        features: for feature-level attacks (``tensor-features``), the recovered intermediate features [B, d]
+            (unit norm, each up to sign), else None; ``config["feature_layer"]`` names the layer they enter.
     """
 
     images: torch.Tensor
@@ -41,6 +43,7 @@ class Reconstruction:
     seconds: float = 0.0
     label_source: str = "none"
     config: dict[str, Any] = field(default_factory=dict)
+    features: Optional[torch.Tensor] = None
 
 
 class Attack(ABC):

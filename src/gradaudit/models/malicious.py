@@ -1,4 +1,5 @@
-"""Models a malicious server sends: the imprint module of Robbing the Fed (Fowl et al., ICLR 2022).
+"""Models a malicious server sends: the imprint module of Robbing the Fed (Fowl et al., ICLR 2022), and the
+wide head of the tensor method (:class:`WideFeatureModel`, registry name ``wide-head``; see its docstring).
 
 Fowl, Geiping, Czaja, Goldblum, Goldstein, "Robbing the Fed: Directly Obtaining Private Data in Federated
 Learning with Modified Models", arXiv:2110.13057. The server prepends a small block to an ordinary network:
@@ -133,3 +134,133 @@ class ImprintedModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = torch.relu(self.imprint(x.flatten(1)))
         return self.base(x + self.imprint_out(z).view_as(x))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The wide head of the tensor method (seed 002 section 4.2; Wang, Lee, Lei 2023)
+
+#: backbones whose last module is the linear classifier ``fc`` on the flattened features
+WIDE_BACKBONES = ("convnet", "lenet", "resnet18")
+
+
+def wide_layout(width: int, trained_fraction: float) -> tuple[int, int]:
+    """(first, stop): the rows ``first:stop`` of the wide layer are the random Gaussian neurons; rows ``0:first``
+    are the ordinary ("trained") ones. first = round(trained_fraction * width)."""
+    return int(round(float(trained_fraction) * int(width))), int(width)
+
+
+class WideFeatureModel(nn.Module):
+    """A backbone whose classifier is preceded by a wide linear layer of partly random Gaussian neurons.
+
+    The change a server makes for the tensor-based feature reconstruction of seed 002 (section 4.2, after
+    Wang, Lee, Lei, AISTATS 2023). With h = backbone(x) in R^d (the flattened input of the backbone's
+    classifier), the model computes
+
+        z = relu(V h + b)    (``wide``: Linear(d -> width)),        f(x) = A z + c    (``classifier``).
+
+    The rows ``0:k`` of V (k = round(trained_fraction * width)) are ordinary neurons with the usual
+    initialisation, the ones the server trains for the task (or copies from a trained model), so the model
+    stays useful; the rows ``k:width`` are the tensor method's neurons:
+
+    * w_j ~ N(0, I_d) i.i.d. (``random_std`` times), bias 0: Stein's lemma needs Gaussian w_j and
+      sigma(w_j . h) with no offset;
+    * their classifier columns are rank one, A[:, j] = a_j v, with a_j = +-``head_scale`` / (width - k)
+      (random signs) and v a fixed centred unit vector over the classes, +-1 on a random half of them
+      (before centring), so that every class gets a residual of about the same size. Then, for cross-entropy, the mean
+      gradient of w_j is
+
+          g_j = (1/B) sum_i (sum_c dl/df_ic A_cj) relu'(w_j . h_i) h_i = a_j (1/B) sum_i r_i relu'(w_j . h_i) h_i,
+
+      with r_i = v . (softmax(f(x_i)) - onehot(y_i)) the same for every j: exactly the two-layer form the
+      tensor method inverts (:func:`gradaudit.attacks.features.tensor.reconstruct_features`). Because v is
+      centred, r_i ~ -v_{y_i} != 0, with both signs across classes. (A Gaussian v gave some classes
+      v_y ~ 0: their samples left almost no trace, and per-feature errors were worse.)
+
+    Centring (recommended; :meth:`centre_features`). Features after a ReLU backbone are strongly correlated
+    (mean |cos| 0.89 between the embedded photos' ConvNet features), which makes the whitening of the tensor
+    method ill-conditioned: on such features the per-feature error was no better than a random rotation inside
+    the true span. A server holding public data of the client's kind estimates the mean feature mu and sets
+    the random rows' biases to b_j = -w_j . mu, so they compute relu(w_j . (h - mu)); it stores mu in the buffer
+    ``feature_centre`` (sent with the model). Since db_j = a_j (1/B) sum_i r_i relu'(.), the attacker forms
+    g_j - db_j mu, the same two-layer gradient for the centred features h - mu (cos 0.25 on the same photos).
+
+    Everything is seeded by ``seed``, so the server (and the attack, from the Observation's ModelSpec) rebuilds
+    the same layout. Parameters: ``backbone.*`` (its ``fc`` is removed), ``wide.weight`` [width, d],
+    ``wide.bias`` [width], ``classifier.weight`` [C, width], ``classifier.bias`` [C].
+
+    Args:
+        num_classes, input_shape: as for every registry model.
+        backbone: "convnet", "lenet" or "resnet18" (any registry model whose classifier is ``fc``).
+        width: neurons of the wide layer (trained plus random).
+        trained_fraction: share of ordinary neurons, in [0, 1).
+        random_std: std of the random rows' entries (1: N(0, I) as the tensor method states).
+        head_scale: |a_j| * (width - k); small, so the random neurons barely move the logits.
+        seed: seeds the random rows, their head and v.
+        backbone_kwargs: keyword arguments of the backbone.
+    """
+
+    def __init__(self, num_classes: int = 10, input_shape: tuple[int, int, int] = (3, 32, 32),
+                 backbone: str = "convnet", width: int = 4096, trained_fraction: float = 0.25,
+                 random_std: float = 1.0, head_scale: float = 1.0, seed: int = 0,
+                 backbone_kwargs: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        from .registry import ModelSpec, build_model  # late: the registry imports this module
+
+        if backbone not in WIDE_BACKBONES:
+            raise ConfigError(f"wide-head backbone must be one of {', '.join(WIDE_BACKBONES)}, got '{backbone}'")
+        if not 0 <= float(trained_fraction) < 1:
+            raise ConfigError(f"wide-head trained_fraction must be in [0, 1), got {trained_fraction}")
+        first, stop = wide_layout(width, trained_fraction)
+        if int(width) < 2 or stop - first < 2:
+            raise ConfigError(f"wide-head needs at least 2 random neurons, got width={width}, "
+                              f"trained_fraction={trained_fraction}")
+        if not (random_std > 0 and head_scale > 0 and num_classes >= 2):
+            raise ConfigError("wide-head needs random_std > 0, head_scale > 0 and at least 2 classes")
+        self.input_shape = tuple(int(s) for s in input_shape)
+        self.width, self.first = int(width), first
+        self.backbone = build_model(ModelSpec(backbone, num_classes, self.input_shape, dict(backbone_kwargs or {})))
+        d = self.backbone.fc.in_features
+        self.feature_dim = d
+        self.backbone.fc = nn.Identity()
+        self.wide = nn.Linear(d, self.width)
+        self.classifier = nn.Linear(self.width, num_classes)
+        gen = torch.Generator().manual_seed(seed)
+        m = stop - first
+        with torch.no_grad():
+            self.wide.weight[first:] = random_std * torch.randn(m, d, generator=gen)
+            self.wide.bias[first:] = 0.0
+            signs = torch.randint(0, 2, (m,), generator=gen).float() * 2 - 1
+            v = (torch.randperm(num_classes, generator=gen) < num_classes // 2).float() * 2 - 1
+            v = v - v.mean()
+            v = v / v.norm()
+            self.classifier.weight[:, first:] = v[:, None] * (head_scale / m * signs)[None, :]
+        self.register_buffer("feature_centre", torch.zeros(d))
+
+    @torch.no_grad()
+    def centre_features(self, public_inputs: torch.Tensor) -> torch.Tensor:
+        """Centre the random neurons on the mean feature of ``public_inputs`` (normalised, [n, C, H, W]).
+
+        Sets ``feature_centre`` = mu and the random rows' biases to -w_j . mu (see the class docstring);
+        returns mu. Backbones with batch norm are evaluated with their running statistics."""
+        was_training = self.training
+        self.eval()
+        try:
+            mu = self.features(public_inputs).mean(0)
+        finally:
+            self.train(was_training)
+        rows = self.random_rows
+        self.feature_centre.copy_(mu)
+        self.wide.bias[rows] = -(self.wide.weight[rows] @ mu)
+        return mu
+
+    @property
+    def random_rows(self) -> slice:
+        """The rows of ``wide.weight`` holding the random Gaussian neurons."""
+        return slice(self.first, self.width)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """h(x): the input of the wide layer, [B, d]."""
+        return self.backbone(x).flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.relu(self.wide(self.features(x))))

@@ -18,7 +18,7 @@ from torch import nn
 from ..errors import ConfigError, unknown_name
 from .convnet import ConvNet
 from .lenet import LeNet
-from .malicious import ImprintedModel
+from .malicious import ImprintedModel, WideFeatureModel
 from .mlp import TwoLayerMLP
 from .resnet import ResNet18
 
@@ -28,6 +28,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet18": ResNet18,
     "mlp": TwoLayerMLP,
     "imprint": ImprintedModel,  # malicious server: Robbing the Fed (models/malicious.py)
+    "wide-head": WideFeatureModel,  # malicious server: the tensor method's wide layer (models/malicious.py)
 }
 
 

@@ -77,6 +77,9 @@ class FeatureReconstruction:
         eigenvalues: [B] the top eigenvalues of M (by magnitude; their signs are those of the c_i).
         strengths: [B] T_w(x, x, x, x) of each component found.
         seconds: wall-clock time.
+        centre, centred_features: when the head was centred on mu (see
+            :mod:`gradaudit.attacks.features.tensor_attack`): mu [d] and the unit-norm recovered h_i - mu [B, d];
+            ``features`` are then mu + s_i (h_i - mu)^ with the scales s_i resolved from the bias gradient.
     """
 
     features: torch.Tensor
@@ -85,6 +88,8 @@ class FeatureReconstruction:
     strengths: torch.Tensor
     seconds: float = 0.0
     config: dict[str, Any] = field(default_factory=dict)
+    centre: torch.Tensor | None = None
+    centred_features: torch.Tensor | None = None
 
 
 def _sym_matvec(g: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -93,9 +98,23 @@ def _sym_matvec(g: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tens
     return 0.5 * (g.T @ (u @ v) + u.T @ (g @ v)) / m
 
 
-def gradient_span(g: torch.Tensor, k: int) -> torch.Tensor:
+def gradient_span(g: torch.Tensor, k: int, dense_limit: int = 512, iterations: int = 6,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
     """Orthonormal basis [d, k] of the top-``k`` singular directions of the gradient rows g~_j (each a
-    combination of the h_i, so without noise their span is exactly the features' span)."""
+    combination of the h_i, so without noise their span is exactly the features' span).
+
+    When both m and d exceed ``dense_limit`` a randomised range finder (block power iteration with k + 10
+    columns, ``iterations`` passes, then Rayleigh-Ritz) costs O(m d k) per pass instead of the O(min(m, d)^3)
+    of a full decomposition; without noise g has rank k and the range is exact after one pass."""
+    m, d = g.shape
+    if min(m, d) > dense_limit:
+        p = min(d, k + 10)
+        basis, _ = torch.linalg.qr(g.T @ (g @ torch.randn(d, p, generator=generator, dtype=g.dtype).to(g.device)))
+        for _ in range(iterations):
+            basis, _ = torch.linalg.qr(g.T @ (g @ basis))
+        small = g @ basis                                     # [m, p]
+        evals, evecs = torch.linalg.eigh(small.T @ small)
+        return basis @ evecs[:, torch.argsort(evals, descending=True)[:k]]
     if g.shape[0] >= g.shape[1]:
         evals, evecs = torch.linalg.eigh(g.T @ g)
         return evecs[:, torch.argsort(evals, descending=True)[:k]]
@@ -185,7 +204,7 @@ def reconstruct_features(weights: torch.Tensor, gradients: torch.Tensor, head: t
     if subspace == "moment":
         basis, evals = feature_subspace(g, u, batch_size, dense_limit=dense_limit, generator=gen)
     elif subspace == "gradients":
-        span = gradient_span(g, batch_size)                   # [d, B]
+        span = gradient_span(g, batch_size, generator=gen)    # [d, B]
         small = (g @ span).T @ (u @ span) / g.shape[0]        # P^T M P
         evals, evecs = torch.linalg.eigh(0.5 * (small + small.T))
         top = torch.argsort(evals.abs(), descending=True)
