@@ -232,6 +232,9 @@ _register_evaluate(app)
 
 from .cli_report import register as _register_report  # noqa: E402
 _register_report(app)
+
+from .cli_bounds import register as _register_bounds  # noqa: E402
+_register_bounds(app)
 from .cli_prior import register as _register_prior  # noqa: E402
 _register_prior(app)
 
