@@ -10,13 +10,14 @@ from ..errors import ConfigError, unknown_name
 from .analytic.robbing_the_fed import RobbingTheFed
 from .base import Attack
 from .features.cpa import CocktailPartyAttack
+from .features.feature_matching import FeatureMatchingAttack
 from .features.tensor_attack import TensorFeatureAttack
 from .matching.engine import GradientMatchingAttack
 from .matching.presets import PRESETS, preset_config
 
 #: attacks that are not gradient-matching presets: name -> class taking (device=, seed=, **hyper-parameters)
 ANALYTIC: dict[str, type[Attack]] = {"robbing-the-fed": RobbingTheFed, "cpa": CocktailPartyAttack,
-                                     "tensor-features": TensorFeatureAttack}
+                                     "tensor-features": TensorFeatureAttack, "feature-matching": FeatureMatchingAttack}
 
 
 def attack_names() -> list[str]:
