@@ -47,6 +47,9 @@ class Settings:
     proxy: bool = True
     seed: int = 0
     threads: int = 1
+    dp_noise: float = 0.0        # > 0: the clients train with Opacus DP-SGD (noise multiplier sigma)
+    dp_clip: float = 1.0         # Opacus' max_grad_norm C
+    dp_delta: float = 1e-5
 
 
 def model_spec(s: Settings):
@@ -101,15 +104,40 @@ def make_client(client_id: int, s: Settings):
         def fit(self, parameters, config):
             torch.set_num_threads(s.threads)
             self.set_parameters(parameters)
+            metrics = {"client_id": client_id, "local_steps": s.local_steps, "local_lr": s.local_lr,
+                       "batch_size": len(labels)}
+            if s.dp_noise > 0:
+                metrics.update(self.fit_opacus(int(config.get("server_round", 0))))
+                return self.get_parameters({}), len(labels), metrics
             opt = torch.optim.SGD(self.model.parameters(), lr=s.local_lr)
             self.model.train()
             for _ in range(s.local_steps):
                 opt.zero_grad()
                 F.cross_entropy(self.model((images - mean) / std), labels).backward()
                 opt.step()
-            metrics = {"client_id": client_id, "local_steps": s.local_steps, "local_lr": s.local_lr,
-                       "batch_size": len(labels)}
             return self.get_parameters({}), len(labels), metrics
+
+        def fit_opacus(self, server_round: int) -> dict:
+            """The usual Opacus recipe: make_private, train, ask the accountant for epsilon."""
+            from opacus import PrivacyEngine
+
+            model = build_model(spec)  # a fresh module each round: make_private hooks into the module it wraps
+            model.load_state_dict(self.model.state_dict())
+            loader = torch.utils.data.DataLoader(
+                torch.utils.data.TensorDataset((images - mean) / std, labels), batch_size=len(labels))
+            engine = PrivacyEngine(accountant="rdp")
+            private, opt, loader = engine.make_private(
+                module=model, optimizer=torch.optim.SGD(model.parameters(), lr=s.local_lr), data_loader=loader,
+                noise_multiplier=s.dp_noise, max_grad_norm=s.dp_clip, poisson_sampling=False,
+                noise_generator=torch.Generator().manual_seed(1000 * server_round + client_id))
+            for _ in range(s.local_steps):
+                for x, y in loader:  # one full batch per step (sample rate 1)
+                    opt.zero_grad()
+                    F.cross_entropy(private(x), y).backward()
+                    opt.step()
+            self.model.load_state_dict(model.state_dict())
+            return {"dp_epsilon": float(engine.get_epsilon(s.dp_delta)),
+                    "defense": f"dpsgd:C={s.dp_clip:g},sigma={s.dp_noise:g}"}
 
         def evaluate(self, parameters, config):
             self.set_parameters(parameters)
@@ -129,7 +157,8 @@ def make_strategy(s: Settings, out: Path, run: str | None = None):
 
     spec, data = model_spec(s)
     fedavg = FedAvg(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=s.clients,
-                    min_available_clients=s.clients, initial_parameters=ndarrays_to_parameters(initial_weights(s)))
+                    min_available_clients=s.clients, initial_parameters=ndarrays_to_parameters(initial_weights(s)),
+                    on_fit_config_fn=lambda server_round: {"server_round": server_round})
     return AuditingStrategy(fedavg, model=spec, data=data, run_dir=out, attack=s.attack,
                             attack_options={"iterations": s.iterations}, proxy=s.proxy,
                             ground_truth=lambda client, rnd: private_batch(int(client), s), run=run, seed=s.seed)

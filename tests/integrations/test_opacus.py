@@ -100,3 +100,13 @@ def test_opacus_epsilon_edges():
     assert opacus_epsilon(1.0, 1.0, 0, 1e-5) == 0.0
     with pytest.raises(ConfigError, match="unknown Opacus accountant 'gdp'"):
         opacus_epsilon(1.0, 1.0, 1, 1e-5, accountant="gdp")
+    with pytest.raises(ConfigError, match="PRV accountant is not run"):  # would need GBs (see PRV_MIN_NOISE)
+        opacus_epsilon(0.001, 1.0, 1, 1e-5, accountant="prv")
+
+
+def test_tiny_noise_records_rdp_and_explains_missing_prv(batch):
+    ds, data, images, labels = batch
+    spec = ModelSpec("lenet", ds.num_classes, ds.shape)
+    obs = OpacusClient(build_model(spec), spec, data, dp=DPSGD(1.0, 0.001)).share(images, labels)
+    assert obs.extras["opacus_epsilon"]["prv"] is None and "PRV" in obs.extras["opacus_epsilon_notes"]["prv"]
+    assert obs.extras["opacus_epsilon"]["rdp"] == pytest.approx(own_epsilon(0.001, 1.0, 1, 1e-5), rel=1e-3)
