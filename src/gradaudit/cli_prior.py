@@ -93,6 +93,8 @@ def register(app: typer.Typer) -> None:
         finetune_iterations: int = typer.Option(30, help="Generator fine-tuning steps per task (reference 500)."),
         width: int = typer.Option(32, help="DCGAN width w."),
         drift_every: int = typer.Option(10, help="One SGD step of the victim model every N tasks (reference ~50)."),
+        meta_optimizer: str = typer.Option("sgd", help="Reptile outer step: sgd (interpolation) | adam (reference)."),
+        meta_lr: float = typer.Option(0.5, help="Outer step size (reference: Adam at 1e-2)."),
         checkpoint_every: int = typer.Option(5, help="Checkpoint every N tasks."),
         seed: int = typer.Option(0, help="Seed."),
         resume: bool = typer.Option(True, help="Resume from OUT/generator when it exists."),
@@ -105,6 +107,7 @@ def register(app: typer.Typer) -> None:
                          exclude_labels=_int_list(exclude_labels, "--exclude-labels"), model=model, tasks=tasks,
                          task_batch=task_batch, latent_iterations=latent_iterations,
                          finetune_iterations=finetune_iterations, width=width, drift_every=drift_every,
+                         meta_optimizer=meta_optimizer, meta_lr=meta_lr,
                          checkpoint_every=checkpoint_every, seed=seed)
         with _progress() as progress:
             task = progress.add_task(f"GIML / {data}", total=tasks, loss="-")

@@ -51,7 +51,8 @@ def test_meta_learn_two_tasks_changes_the_generator(tmp_path):
     learned = load_generator(tmp_path / "giml" / "generator")
     moved = [float((p.detach() - init.state_dict()[k]).abs().max()) for k, p in learned.module.named_parameters()]
     assert min(moved) > 0  # every tensor took Reptile steps
-    assert max(moved) < 0.05  # two Adam steps at lr 1e-2
+    # two Reptile interpolations theta += 0.5 (theta_adapted - theta): a fraction of 3 fine-tuning steps
+    assert max(moved) < 0.02
     # GIAS runs with the meta-learned prior on a held-out image (photo 2)
     ds = load_dataset("embedded")
     spec = ModelSpec("lenet", ds.num_classes, ds.shape)

@@ -9,8 +9,12 @@ activations are normalised; no data involved) and repeats, for task t = 1..T:
 2. latent search: GI-z on the task (``latent_iterations`` Adam steps at ``latent_lr``, G frozen);
 3. fine-tuning: one copy of G (shared by the task's images) optimised at those latents (GI-w,
    ``finetune_iterations`` steps at ``finetune_lr``), giving theta_adapted;
-4. Reptile outer step: one Adam step (lr ``meta_lr``) on 1/2 ||theta_G - theta_adapted||^2, i.e. gradient
-   theta_G - theta_adapted, moves the prior toward the adapted weights;
+4. Reptile outer step on 1/2 ||theta_G - theta_adapted||^2 (gradient theta_G - theta_adapted) moves the prior
+   toward the adapted weights. ``meta_optimizer="sgd"`` (default) is Reptile's interpolation (Nichol et al.
+   2018), theta_G += ``meta_lr`` (theta_adapted - theta_G) with ``meta_lr`` = 0.5; ``"adam"`` is the
+   reference's one Adam step at lr 1e-2. Adam's step is ~lr per weight whatever the adaptation moved, and
+   this DCGAN's weights are ~0.02 (init N(0, 0.02)): here 30 Adam steps at 1e-2 saturated the generator
+   (every sample the same binary pattern; measured), hence the default;
 5. every ``drift_every`` tasks the victim model takes one SGD step (lr ``drift_lr``) on a fresh client batch,
    so the observations come from a model that trains, as in federated learning.
 
@@ -58,7 +62,8 @@ class GIMLConfig:
     latent_lr: float = 0.03
     finetune_iterations: int = 30
     finetune_lr: float = 1e-3
-    meta_lr: float = 1e-2
+    meta_lr: float = 0.5
+    meta_optimizer: str = "sgd"
     width: int = 32
     latent_dim: int = 100
     drift_every: int = 10
@@ -76,6 +81,10 @@ class GIMLConfig:
             raise ConfigError("GIML: iteration counts must be >= 0")
         if not all(v > 0 for v in (self.latent_lr, self.finetune_lr, self.meta_lr, self.drift_lr)):
             raise ConfigError("GIML: learning rates must be > 0")
+        if self.meta_optimizer not in ("sgd", "adam"):
+            from ...errors import unknown_name
+
+            raise unknown_name("meta optimizer", self.meta_optimizer, ("sgd", "adam"))
 
 
 def meta_learn(cfg: GIMLConfig, out: str | Path, *, resume: bool = True,
@@ -103,13 +112,14 @@ def meta_learn(cfg: GIMLConfig, out: str | Path, *, resume: bool = True,
         torch.manual_seed(cfg.seed)
         G = calibrate_batchnorm(DCGAN(cfg.latent_dim, c, (h, w), cfg.width), seed=cfg.seed)
         victim = build_model(spec)
-    meta_opt = torch.optim.Adam(G.parameters(), lr=cfg.meta_lr)
+    meta_opt = (torch.optim.Adam if cfg.meta_optimizer == "adam" else torch.optim.SGD)(G.parameters(), lr=cfg.meta_lr)
     drift_opt = torch.optim.SGD(victim.parameters(), lr=cfg.drift_lr)
     done, seconds, losses = 0, 0.0, []
     last = out / "last"
     if resume and last.with_suffix(".json").exists():
         tensors, meta = load_checked(last, STATE_FORMAT)
-        for key in ("dataset", "split", "indices", "exclude_labels", "model", "width", "latent_dim"):
+        for key in ("dataset", "split", "indices", "exclude_labels", "model", "width", "latent_dim",
+                    "meta_optimizer"):
             if meta["config"].get(key) != asdict(cfg).get(key):
                 raise ConfigError(f"cannot resume {last}: it used {key}={meta['config'].get(key)!r}, now "
                                   f"{asdict(cfg).get(key)!r} (use another --out or --no-resume)")
