@@ -11,6 +11,9 @@ Two ways to run it (from the repository root):
     # Flower's simulation engine (Ray backend), everything in this process and Ray actors
     python examples/flower_audit/app.py simulation --out gradaudit-out/flower-audit
 
+    # the same with Flower's Message API (@app.main() ServerApp, @app.train() ClientApp, serverapp FedAvg)
+    python examples/flower_audit/app.py message --out gradaudit-out/flower-audit
+
     # a real Flower server on 127.0.0.1 and two client processes talking gRPC to it
     python examples/flower_audit/app.py loopback --out gradaudit-out/flower-audit
 
@@ -107,7 +110,7 @@ def make_client(client_id: int, s: Settings):
             metrics = {"client_id": client_id, "local_steps": s.local_steps, "local_lr": s.local_lr,
                        "batch_size": len(labels)}
             if s.dp_noise > 0:
-                metrics.update(self.fit_opacus(int(config.get("server_round", 0))))
+                metrics.update(self.fit_opacus(int(config.get("server_round", config.get("server-round", 0)))))
                 return self.get_parameters({}), len(labels), metrics
             opt = torch.optim.SGD(self.model.parameters(), lr=s.local_lr)
             self.model.train()
@@ -149,19 +152,74 @@ def make_client(client_id: int, s: Settings):
 
 
 # ----------------------------------------------------------------------------------------------- server
+def audit_settings(s: Settings, out: Path, run: str | None = None) -> dict:
+    """What to audit: the attack on every client of every round, scored against the known private batches."""
+    spec, data = model_spec(s)
+    return dict(model=spec, data=data, run_dir=out, attack=s.attack, attack_options={"iterations": s.iterations},
+                proxy=s.proxy, ground_truth=lambda client, rnd: private_batch(int(client), s), run=run, seed=s.seed)
+
+
 def make_strategy(s: Settings, out: Path, run: str | None = None):
+    """FedAvg (flwr.server.strategy) wrapped in AuditingStrategy."""
     from flwr.common import ndarrays_to_parameters
     from flwr.server.strategy import FedAvg
 
     from gradaudit.integrations.flower import AuditingStrategy
 
-    spec, data = model_spec(s)
     fedavg = FedAvg(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=s.clients,
                     min_available_clients=s.clients, initial_parameters=ndarrays_to_parameters(initial_weights(s)),
                     on_fit_config_fn=lambda server_round: {"server_round": server_round})
-    return AuditingStrategy(fedavg, model=spec, data=data, run_dir=out, attack=s.attack,
-                            attack_options={"iterations": s.iterations}, proxy=s.proxy,
-                            ground_truth=lambda client, rnd: private_batch(int(client), s), run=run, seed=s.seed)
+    return AuditingStrategy(fedavg, **audit_settings(s, out, run))
+
+
+def make_message_strategy(s: Settings, out: Path, run: str | None = None):
+    """FedAvg of the Message API (flwr.serverapp.strategy) wrapped in AuditingMessageStrategy."""
+    from flwr.serverapp.strategy import FedAvg
+
+    from gradaudit.integrations.flower import AuditingMessageStrategy
+
+    fedavg = FedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=s.clients,
+                    min_available_nodes=s.clients)
+    return AuditingMessageStrategy(fedavg, **audit_settings(s, out, run))
+
+
+def message_train(msg, client_id: int, s: Settings):
+    """The Message-API client: the same training, weights in an ArrayRecord, metrics in a MetricRecord."""
+    from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+
+    weights, n, metrics = make_client(client_id, s).fit(msg.content["arrays"].to_numpy_ndarrays(),
+                                                        dict(msg.content["config"]))
+    numeric = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}  # MetricRecord: numbers only
+    content = RecordDict({"arrays": ArrayRecord(weights), "metrics": MetricRecord({**numeric, "num-examples": n})})
+    return Message(content=content, reply_to=msg)
+
+
+def run_message_simulation(s: Settings, out: Path, run: str | None = None):
+    """Flower's Message API under the simulation engine (Ray backend)."""
+    from flwr.app import ArrayRecord
+    from flwr.clientapp import ClientApp
+    from flwr.serverapp import ServerApp
+    from flwr.simulation import run_simulation as flwr_run_simulation
+
+    strategy = make_message_strategy(s, out, run)
+    client_app, server_app = ClientApp(), ServerApp()
+
+    @client_app.train()
+    def train(msg, context):
+        return message_train(msg, int(context.node_config["partition-id"]), s)
+
+    @server_app.main()
+    def main(grid, context):
+        strategy.start(grid=grid, initial_arrays=ArrayRecord(initial_weights(s)), num_rounds=s.rounds)
+
+    flwr_run_simulation(server_app=server_app, client_app=client_app, num_supernodes=s.clients,
+                        backend_config=_ray_config(s))
+    return strategy
+
+
+def _ray_config(s: Settings) -> dict:
+    return {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+            "init_args": {"num_cpus": max(1, min(s.clients, os.cpu_count() or 1)), "include_dashboard": False}}
 
 
 def run_simulation(s: Settings, out: Path, run: str | None = None):
@@ -179,10 +237,7 @@ def run_simulation(s: Settings, out: Path, run: str | None = None):
         return make_client(int(context.node_config["partition-id"]), s).to_client()
 
     flwr_run_simulation(server_app=ServerApp(server_fn=server_fn), client_app=ClientApp(client_fn=client_fn),
-                        num_supernodes=s.clients,
-                        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                                        "init_args": {"num_cpus": max(1, min(s.clients, os.cpu_count() or 1)),
-                                                      "include_dashboard": False}})
+                        num_supernodes=s.clients, backend_config=_ray_config(s))
     return strategy
 
 
@@ -225,7 +280,7 @@ def run_client(s: Settings, client_id: int, address: str) -> None:
 # ------------------------------------------------------------------------------------------------- main
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("mode", choices=("simulation", "loopback", "client"))
+    p.add_argument("mode", choices=("simulation", "message", "loopback", "client"))
     p.add_argument("--out", default="gradaudit-out/flower-audit")
     p.add_argument("--run", default=None, help="run name in the results store (default: flower-<timestamp>)")
     p.add_argument("--address", default=None, help="client mode: the server's address")
@@ -251,7 +306,8 @@ def main(argv=None) -> int:
 
     out = Path(args.out)
     t0 = time.perf_counter()
-    strategy = (run_simulation if args.mode == "simulation" else run_loopback)(s, out, args.run)
+    runner = {"simulation": run_simulation, "message": run_message_simulation, "loopback": run_loopback}[args.mode]
+    strategy = runner(s, out, args.run)
     seconds = time.perf_counter() - t0
     with AuditStore(out) as store:
         rows = leakage_table(store, strategy.run)

@@ -111,3 +111,49 @@ def test_loopback_grpc_example_produces_leakage_table_and_report(app, tmp_path, 
     html = (tmp_path / "audit-report.html").read_text()
     assert html.count("<img ") == 4 and "round 2, client 1" in html
     assert (tmp_path / "audit-report" / "leakage.csv").read_text().count("\n") == 5
+
+
+class _Grid:
+    """The two calls FedAvg's configure_train makes on a Grid."""
+
+    def __init__(self, nodes):
+        self.nodes = nodes
+
+    def get_node_ids(self):
+        return list(self.nodes)
+
+
+def _message_round(app, s, strategy, monkeypatch):
+    """configure_train -> the example's Message-API clients -> aggregate_train, as strategy.start does."""
+    from flwr.app import ArrayRecord, ConfigRecord
+    from flwr.supercore.task_identity import TaskIdentity
+
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+    nodes = {101: 0, 202: 1}  # Flower node id -> partition
+    messages = list(strategy.configure_train(1, ArrayRecord(app.initial_weights(s)), ConfigRecord(), _Grid(nodes)))
+    replies = []
+    for msg in messages:
+        monkeypatch.setattr(TaskIdentity, "_node_id", msg.metadata.dst_node_id)  # the client node replies
+        replies.append(app.message_train(msg, nodes[msg.metadata.dst_node_id], s))
+    return strategy.aggregate_train(1, iter(replies))  # a one-shot iterable, as the Grid may hand over
+
+
+def test_message_api_round_passes_through_and_is_audited(app, tmp_path, monkeypatch, single_thread):
+    s = app.Settings(iterations=2, proxy=False)
+    plain_arrays, plain_metrics = _message_round(app, s, app.make_message_strategy(s, tmp_path).strategy,
+                                                 monkeypatch)
+    audited = app.make_message_strategy(s, tmp_path, run="msg")
+    arrays, metrics = _message_round(app, s, audited, monkeypatch)
+    a, b = arrays.to_numpy_ndarrays(), plain_arrays.to_numpy_ndarrays()
+    assert len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert dict(metrics) == dict(plain_metrics)
+    assert [(r.client, r.status, r.batch_size, r.local_steps) for r in audited.rows] == [
+        ("0", "done", 1, s.local_steps), ("1", "done", 1, s.local_steps)]
+    # the same update as the legacy API captures for the same client and round
+    legacy = app.make_strategy(s, tmp_path / "legacy", run="leg")
+    _one_round(app, s, legacy)
+    assert [r.update_norm for r in audited.rows] == pytest.approx([r.update_norm for r in legacy.rows], rel=1e-6)
+    with pytest.raises(ConfigError, match="use AuditingMessageStrategy"):
+        AuditingStrategy(audited.strategy, model=None, data=None, run_dir=tmp_path)
