@@ -91,11 +91,16 @@ def test_the_wide_head_has_the_structure_the_tensor_method_needs(single_thread):
         WideFeatureModel(trained_fraction=1.0)
 
 
+@pytest.fixture(scope="module")
+def batch4(data):
+    return _observe(data, 4, 0)
+
+
 @pytest.mark.parametrize("batch, bound", [(4, 0.15), (8, 0.45)])
-def test_features_of_a_convnet_batch_are_recovered(data, batch, bound):
+def test_features_of_a_convnet_batch_are_recovered(data, batch4, batch, bound):
     centred, uncentred, span, baseline, rand_span = [], [], [], [], []
     for seed in (0, 1):
-        obs, h, model = _observe(data, batch, seed)
+        obs, h, model = batch4 if (batch, seed) == (4, 0) else _observe(data, batch, seed)
         rec, layer = observation_feature_reconstruction(obs)
         assert layer == "wide" and rec.config["centred"] and rec.features.shape == (batch, 2048)
         hc = h - model.feature_centre.double()
@@ -114,8 +119,8 @@ def test_features_of_a_convnet_batch_are_recovered(data, batch, bound):
     assert mean(uncentred) < mean(centred) + 0.02  # mu + s_i e_i with the resolved scales
 
 
-def test_registry_attack_returns_features_and_the_function_for_feature_matching(data):
-    obs, h, _ = _observe(data, 4, 0)
+def test_registry_attack_returns_features_and_the_function_for_feature_matching(batch4):
+    obs, h, _ = batch4
     rec = build_attack("tensor-features").reconstruct(obs)
     assert isinstance(rec.features, torch.Tensor) and rec.features.shape == (4, 2048)
     assert rec.config["feature_layer"] == "wide" and rec.config["features_only"]
