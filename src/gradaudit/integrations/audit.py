@@ -363,7 +363,7 @@ class Auditor:
                 row.mse, row.label_acc = _finite(scores.mean_mse), _finite(scores.label_accuracy)
                 row.metrics["scores"] = scores.to_dict()
                 aligned = rec.images[torch.as_tensor(scores.assignment)]
-                row.images_path = self._write_images(row.key, images, aligned, labels, rec.labels)
+                row.images_path = self._write_images(row.key, images, aligned, labels)
         if self.proxy is not None and images is not None:
             from ..proxies import compute_proxies
 
@@ -375,8 +375,7 @@ class Auditor:
                                                              for c in table.proxies},
                                     "per_sample": table.to_dicts(), "settings": dict(p.__dict__)}
 
-    def _write_images(self, key: str, truth: torch.Tensor, rec: torch.Tensor, true_labels: torch.Tensor,
-                      labels: torch.Tensor | None) -> str:
+    def _write_images(self, key: str, truth: torch.Tensor, rec: torch.Tensor, true_labels: torch.Tensor) -> str:
         """Atomically write ``truth`` and the aligned ``reconstruction`` (the sweep's cell-file layout)."""
         from safetensors.torch import save_file
 
