@@ -10,11 +10,14 @@ benchmarks/analytic_attacks.py):
     median PSNR (dB)               14.9   14.4   14.1
     best PSNR (dB)                 28.4   33.4   24.2
 
+With the mixing refinement (the default ``refine=10``, ours; see cpa.py): 0.88 / 0.88 / 0.81 at PSNR >= 15 dB,
+median 18.3 / 18.6 / 18.6 dB (batch seeds 3-5: 0.97 / 0.91 / 0.81; labels unknown: 0.78 / 0.81 / 0.81).
+
 On batch 0 the paper's objective alone (negentropy + decorrelation 1.0, no TV, no box; same budget) gets 0.09,
-and min-max ("range") scaling instead of the bias 0.25. The brief's target of >= 70% does not hold on this
-set: its 64 images are 8 crops of each of 8 photos, so a batch of 32 holds strongly correlated sources
-(|corr| up to 0.77), which ICA's independence assumption does not cover; the recovered images are
-approximate, never exact. The test asserts what holds, with a margin.
+and min-max ("range") scaling instead of the bias 0.25. The unmixing alone misses the brief's >= 70%: the 64
+images are 8 crops of each of 8 photos, so a batch of 32 holds strongly correlated sources (|corr| up to 0.77),
+which ICA's independence assumption does not cover. The refinement reaches it. Reconstructions stay
+approximate, never exact. The tests assert what holds, with a margin.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import statistics
 import pytest
 import torch
 
-from gradaudit.attacks.features.cpa import CocktailPartyAttack, negentropy, whiten
+from gradaudit.attacks.features.cpa import CocktailPartyAttack, negentropy, refine_mixing, whiten
 from gradaudit.attacks.features.inversion import layer_input_model
 from gradaudit.attacks.features.tensor import feature_matching_error
 from gradaudit.attacks.registry import build_attack
@@ -75,9 +78,9 @@ def test_one_sample_is_recovered_exactly_from_the_bias(data):
     assert float(psnr(rec.images, images)[0]) > 60
 
 
-def test_cpa_unmixes_a_batch_of_32_photos(batch32):
+def test_cpa_unmixes_a_batch_of_32_photos_and_the_refinement_recovers_most(batch32):
     obs, images = batch32
-    rec = build_attack("cpa").reconstruct(obs)
+    rec = build_attack("cpa", refine=0).reconstruct(obs)            # the unmixing alone
     scores = score_reconstruction(rec.images, images)
     good = sum((p >= 15 or s >= 0.5) for p, s in zip(scores.psnr, scores.ssim)) / 32
     by_psnr = sum(p >= 15 for p in scores.psnr) / 32
@@ -88,16 +91,14 @@ def test_cpa_unmixes_a_batch_of_32_photos(batch32):
     assert rec.config["bias_scaled"] >= 30
     assert good >= 0.45 and by_psnr >= 0.4      # measured 0.56 and 0.50 (batch seed 0)
     assert median >= 13.5 and max(scores.psnr) >= 22
-
-
-def test_the_papers_objective_alone_does_worse_here(batch32):
-    """Without TV and the box prior, negentropy favours sparse differences of correlated photos."""
-    obs, images = batch32
-    rec = CocktailPartyAttack(decor=1.0, tv=0.0, box=0.0).reconstruct(obs)
-    scores = score_reconstruction(rec.images, images)
-    good = sum((p >= 15 or s >= 0.5) for p, s in zip(scores.psnr, scores.ssim)) / 32
-    print(f"CPA paper objective: {good:.2f} at PSNR >= 15 or SSIM >= 0.5")
-    assert good <= 0.3                          # measured 0.09
+    # the default attack adds 10 steps of the mixing refinement to exactly this result
+    refined, residuals = refine_mixing(obs, "fc1", rec.images, obs.update["fc1.weight"].double(), 10)
+    scores = score_reconstruction(refined, images)
+    after = sum(p >= 15 for p in scores.psnr) / 32
+    print(f"  + refinement: {after:.2f} at PSNR >= 15 dB, median {statistics.median(scores.psnr):.1f} dB, "
+          f"residual {residuals[0]:.3f} -> {residuals[-1]:.3f}")
+    assert after >= 0.7 and after > by_psnr + 0.2  # measured 0.88 (0.81-0.97 on batch seeds 0-5)
+    assert statistics.median(scores.psnr) > median + 2 and residuals[-1] < residuals[0]
 
 
 def test_cpa_needs_enough_units_and_valid_settings(data):
