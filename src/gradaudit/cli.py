@@ -218,7 +218,7 @@ def list_() -> None:
 
     for title, names in (("datasets", DATASETS), ("models", list(MODELS) + ["package.module:factory"]),
                          ("attacks", attack_names()), ("defenses", DEFENSES)):
-        console.print(f"[bold]{title}[/bold]: {', '.join(names)}")
+        console.print(f"[bold]{title}[/bold]: {', '.join(names)}", soft_wrap=True)
 
 
 from .cli_observation import register as _register_observation  # noqa: E402
