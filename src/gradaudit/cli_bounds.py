@@ -29,8 +29,8 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def bounds(
         out: Path = typer.Option(Path("gradaudit-out/bounds"), "--out", help="Output folder."),
-        full: bool = typer.Option(False, "--full", help="Denser grid, 8 seeds (minutes instead of seconds)."),
-        seeds: Optional[int] = typer.Option(None, help="Random nets per point (default 3, --full 8)."),
+        full: bool = typer.Option(False, "--full", help="Denser grid, 16 seeds (about a minute)."),
+        seeds: Optional[int] = typer.Option(None, help="Random nets per point (default 3, --full 16)."),
         d_values: Optional[str] = typer.Option(None, "--d", help="Feature dimensions, e.g. 10,20,40,80."),
         width_values: Optional[str] = typer.Option(None, "--m", help="Widths, e.g. 500,1000,2000,4000."),
         batch_values: Optional[str] = typer.Option(None, "--batch", help="Batch sizes, e.g. 2,4,8."),
