@@ -3,7 +3,7 @@ and GIAS, at batch size 16.
 
 One private batch of B held-out embedded images (32x32 photos), the malicious wide-head model the tensor method
 needs (a ConvNet without batch norm as the backbone, ``--width`` neurons in the wide layer, a quarter of them
-ordinary) and FedSGD with known labels. Every attack sees the same Observation. Prints PSNR / SSIM (images paired
+ordinary; the server centres it on the images outside the batch) and FedSGD with known labels. Every attack sees the same Observation. Prints PSNR / SSIM (images paired
 to the truth by the Hungarian assignment) and the wall-clock time of each attack, plus the per-feature error of
 the tensor method's recovered features. LPIPS is reported only where its weights are installed.
 
@@ -64,6 +64,8 @@ def main() -> None:
                      {"backbone": "convnet", "width": args.width, "backbone_kwargs": {"norm": "none"}})
     torch.manual_seed(args.seed)
     model = build_model(spec)
+    public = [i for i in range(len(ds)) if i not in set(idx)]  # the server centres on images outside the batch
+    model.centre_features(ds.normalize(ds.batch(public)[0]))
     obs = Client(model, spec, DataSpec(ds.name, ds.mean, ds.std), knowledge=ServerKnowledge(labels=True)).share(
         images, labels)
     with torch.no_grad():

@@ -84,11 +84,28 @@ def prepare(config: RunConfig) -> PreparedRun:
     return PreparedRun(config, dataset, indices, spec, attack, defenses, device)
 
 
+#: public images a malicious server uses to prepare its model (at most this many)
+PUBLIC_IMAGES = 512
+
+
+def prepare_on_public_data(model: torch.nn.Module, run: PreparedRun) -> None:
+    """The server's side, before it sends a model that asks for it (``centre_on_public``): centre the model on
+    public data, i.e. images of the same dataset outside the private batch (never the batch itself)."""
+    private = set(run.indices)
+    public = [i for i in range(len(run.dataset)) if i not in private][:PUBLIC_IMAGES]
+    if not public:
+        raise ConfigError("the model asks to be centred on public data but the dataset holds no image outside "
+                          "the private batch")
+    model.centre_features(run.dataset.normalize(run.dataset.batch(public)[0]))
+
+
 def observe(run: PreparedRun) -> tuple[Observation, torch.Tensor, torch.Tensor]:
     """The client's side: build the victim model with the run's seed, share the update of the private batch."""
     cfg = run.config
     torch.manual_seed(cfg.seed)
     model = build_model(run.spec)
+    if getattr(model, "centre_on_public", False):
+        prepare_on_public_data(model, run)
     images, labels = run.dataset.batch(run.indices)
     data = DataSpec(run.dataset.name, tuple(run.dataset.mean), tuple(run.dataset.std))
     client = Client(model, run.spec, data, protocol=cfg.threat.protocol, local_steps=cfg.threat.local_steps,

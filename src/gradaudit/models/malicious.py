@@ -197,12 +197,15 @@ class WideFeatureModel(nn.Module):
         head_scale: |a_j| * (width - k); small, so the random neurons barely move the logits.
         seed: seeds the random rows, their head and v.
         backbone_kwargs: keyword arguments of the backbone.
+        centre_on_public: ask the server that sends this model to centre it on public data first
+            (:meth:`centre_features`; the evaluation cell does so with the dataset's images outside the private
+            batch). It changes no shape, only where the server starts from.
     """
 
     def __init__(self, num_classes: int = 10, input_shape: tuple[int, int, int] = (3, 32, 32),
                  backbone: str = "convnet", width: int = 4096, trained_fraction: float = 0.25,
                  random_std: float = 1.0, head_scale: float = 1.0, seed: int = 0,
-                 backbone_kwargs: dict[str, Any] | None = None) -> None:
+                 backbone_kwargs: dict[str, Any] | None = None, centre_on_public: bool = False) -> None:
         super().__init__()
         from .registry import ModelSpec, build_model  # late: the registry imports this module
 
@@ -235,6 +238,7 @@ class WideFeatureModel(nn.Module):
             v = v / v.norm()
             self.classifier.weight[:, first:] = v[:, None] * (head_scale / m * signs)[None, :]
         self.register_buffer("feature_centre", torch.zeros(d))
+        self.centre_on_public = bool(centre_on_public)
 
     @torch.no_grad()
     def centre_features(self, public_inputs: torch.Tensor) -> torch.Tensor:
