@@ -139,3 +139,18 @@ def test_evaluation_cell_refuses_a_prior_trained_on_the_batch(tiny_prior):
         prepare(load_config(overrides=base + ["data.indices=[5]"]))
     prepare(load_config(overrides=base + ["data.indices=[52]"]))
     prepare(load_config(overrides=base + ["data.indices=[5]", "attack.params.allow_train_overlap=true"]))
+
+
+def test_module_factory_generator_needs_force(tmp_path, monkeypatch, obs):
+    from gradaudit.attacks.priors import check_attack_held_out
+
+    (tmp_path / "my_prior_mod.py").write_text(
+        "import torch\nfrom gradaudit.attacks.priors import DCGAN, calibrate_batchnorm\n"
+        "def make():\n    torch.manual_seed(0)\n    return calibrate_batchnorm(DCGAN(8, 3, 16, 4))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    attack = build_attack("gi-z", generator="my_prior_mod:make", iterations=2)
+    assert attack.reconstruct(obs).images.shape == (2, 3, 16, 16)
+    with pytest.raises(ConfigError, match="records no training data"):
+        check_attack_held_out(attack, "embedded", [60])
+    forced = build_attack("gi-z", generator="my_prior_mod:make", allow_train_overlap=True)
+    check_attack_held_out(forced, "embedded", [60])
