@@ -100,7 +100,9 @@ def register(app: typer.Typer) -> None:
             table.add_column(col, justify="left" if col in ("defense", "run") else "right")
         for row, new in results:
             r = rel.get(row.key, {})
-            table.add_row(row.defense, _fmt(row.final_train_loss, 4), _fmt(r.get("utility_loss"), 4),
+            diverged = row.config.get("diverged_at_round")
+            loss = f"diverged (round {diverged})" if diverged else _fmt(row.final_train_loss, 4)
+            table.add_row(row.defense, loss, _fmt(r.get("utility_loss"), 4),
                           _fmt(row.test_accuracy, 3), _fmt(r.get("accuracy_drop"), 3), _fmt(row.seconds, 1),
                           "measured" if new else "stored")
         console.print(table)

@@ -63,3 +63,17 @@ def test_utility_from_a_sweep_uses_its_defenses_data_and_model_so_rows_join_its_
                  "--rounds", "1", "--clients", "2"]) == 0
     with ResultsStore(tmp_path / "r2") as store:
         assert {r.model for r in store.utility()} == {"lenet"}
+
+
+def test_a_defense_that_makes_training_diverge_is_recorded_not_an_error(tmp_path, capsys):
+    out = tmp_path / "run"
+    # noise of std 1e30 on every update makes the model non-finite within a few rounds at lr 0.1
+    assert main(["utility", "--out", str(out), "--defense", "noise:1e30", "--rounds", "50", "--clients", "2",
+                 "--batch-size", "4", "--model", "mlp"]) == 0
+    assert "diverged (round" in capsys.readouterr().out
+    with ResultsStore(out) as store:
+        rows = {r.defense: r for r in store.utility()}
+    noisy = next(r for d, r in rows.items() if d.startswith("noise"))
+    assert noisy.final_train_loss is None and noisy.test_accuracy is None
+    assert 1 <= noisy.config["diverged_at_round"] <= 50
+    assert rows["none"].final_train_loss is not None and "diverged_at_round" not in rows["none"].config

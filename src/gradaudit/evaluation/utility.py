@@ -21,6 +21,10 @@ Reported (seed 002 measures utility "by the final loss of the training task"):
 * ``test_accuracy``: top-1 accuracy on the held-out split;
 * ``curve``: (round, training loss) at round 0 and every ``eval_every`` rounds, and at the end.
 
+A defense strong enough to make training diverge (an update or the model turns NaN/inf, e.g. heavy noise at a
+large learning rate) is a result too: training stops there, ``diverged_at`` records the round, the final loss is
+inf (stored as NULL, shown as "diverged") and no accuracy is reported.
+
 Models with batch norm: clients train copies, so the server model's running statistics never move; before each
 evaluation they are re-estimated on the training split (cumulative average over one pass in train mode), as a
 server would calibrate a model before deployment.
@@ -47,7 +51,7 @@ from torch import nn
 
 from ..data import ImageDataset, load_dataset
 from ..defenses.registry import parse_defense
-from ..errors import ConfigError
+from ..errors import ConfigError, ObservationError
 from ..models.registry import ModelSpec, build_model
 from ..threat.client import Client, ServerKnowledge, batchnorm_layers
 from ..threat.observation import DataSpec
@@ -83,6 +87,8 @@ class UtilityResult:
     seconds: float
     curve: list[tuple[int, float]]
     config: dict[str, Any] = field(default_factory=dict)
+    #: the round at which training diverged (an update or the model went NaN/inf), None if it did not
+    diverged_at: Optional[int] = None
 
     @property
     def initial_train_loss(self) -> float:
@@ -335,25 +341,41 @@ def _measure(defense_specs, dataset, model, model_kwargs, clients, rounds, batch
     curve = [(0, loss_now()[0])]
     if progress:
         progress(0, rounds, curve[0][1])
+    diverged_at = None
     for r in range(1, rounds + 1):
         total = {k: torch.zeros_like(p) for k, p in params.items()}
-        for client, shard in zip(participants, shards):
-            images, labels = train.batch(shard.next(batch_size))
-            update = client.share(images, labels).update
-            for k in total:
-                total[k] += update[k]
+        try:
+            for client, shard in zip(participants, shards):
+                images, labels = train.batch(shard.next(batch_size))
+                update = client.share(images, labels).update
+                for k in total:
+                    total[k] += update[k]
+        except ObservationError:  # a client's update went NaN/inf: training diverged (a result, not an error)
+            diverged_at = r
+            break
         step = lr if protocol == "fedsgd" else 1.0
         with torch.no_grad():
             for k, p in params.items():
                 p.sub_(step * total[k] / clients)
+        if not all(bool(torch.isfinite(p).all()) for p in params.values()):
+            diverged_at = r
+            break
         if r % eval_every == 0 or r == rounds:
             curve.append((r, loss_now()[0]))
             if progress:
                 progress(r, rounds, curve[-1][1])
+    cfg.update({"train_images": len(train), "test_images": len(test)})
+    if diverged_at is not None:
+        # the defense destroyed training: no finite loss and no meaningful accuracy to report
+        curve.append((diverged_at, float("inf")))
+        if progress:
+            progress(rounds, rounds, float("inf"))
+        cfg["diverged_at_round"] = diverged_at
+        return UtilityResult(defense=cfg["defense"], final_train_loss=float("inf"), test_accuracy=float("nan"),
+                             seconds=time.perf_counter() - t0, curve=curve, config=cfg, diverged_at=diverged_at)
     final_model = _calibrated(global_model, train)
     final_loss, _ = _evaluate(final_model, train)
     _, accuracy = _evaluate(final_model, test)
-    cfg.update({"train_images": len(train), "test_images": len(test)})
     return UtilityResult(defense=cfg["defense"], final_train_loss=final_loss, test_accuracy=accuracy,
                          seconds=time.perf_counter() - t0, curve=curve, config=cfg)
 
