@@ -47,6 +47,7 @@ from torch import nn
 from ..errors import ConfigError, ObservationError
 from ..evaluation.store import ResultsStore, _now
 from ..models.registry import ModelSpec, build_model
+from ..report.run_files import json_ready
 from ..threat.observation import DataSpec, Observation
 
 #: ``ground_truth(client_id, round) -> (images [B, C, H, W] in [0, 1], labels [B])``, or None when unknown.
@@ -120,7 +121,7 @@ class AuditStore(ResultsStore):
     def add_audit(self, row: AuditRow) -> bool:
         """Insert one audited update in one transaction; False (nothing written) if its key exists."""
         values = [getattr(row, c) for c in _COLUMNS]
-        values += [json.dumps(_clean(row.config), sort_keys=True), json.dumps(_clean(row.metrics)), _now()]
+        values += [json.dumps(json_ready(row.config), sort_keys=True), json.dumps(json_ready(row.metrics)), _now()]
         with self._transaction():
             cur = self._conn.execute(
                 f"INSERT OR IGNORE INTO audit ({', '.join(_COLUMNS)}, config_json, metrics_json, finished_at) "
@@ -207,22 +208,6 @@ def _finite(v: Any) -> Optional[float]:
     except (TypeError, ValueError):
         return None
     return f if math.isfinite(f) else None
-
-
-def _clean(o: Any) -> Any:
-    if isinstance(o, float):
-        return o if math.isfinite(o) else None
-    if isinstance(o, dict):
-        return {str(k): _clean(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_clean(v) for v in o]
-    if isinstance(o, (np.floating, np.integer, np.bool_)):
-        return _clean(o.item())
-    if isinstance(o, torch.Tensor):
-        return _clean(o.tolist())
-    if isinstance(o, bytes):
-        return f"<{len(o)} bytes>"
-    return o
 
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")

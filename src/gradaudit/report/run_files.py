@@ -21,15 +21,22 @@ from ..attacks.base import Reconstruction
 from .grid import save_reconstruction_grid
 
 
-def _clean(o: Any) -> Any:
+def json_ready(o: Any) -> Any:
+    """``o`` with non-finite floats as None, numpy scalars and tensors as plain Python, bytes summarised."""
+    import numpy as np
+
     if isinstance(o, float):
         return o if math.isfinite(o) else None
     if isinstance(o, dict):
-        return {str(k): _clean(v) for k, v in o.items()}
+        return {str(k): json_ready(v) for k, v in o.items()}
     if isinstance(o, (list, tuple)):
-        return [_clean(v) for v in o]
+        return [json_ready(v) for v in o]
+    if isinstance(o, (np.floating, np.integer, np.bool_)):
+        return json_ready(o.item())
     if isinstance(o, torch.Tensor):
-        return _clean(o.tolist())
+        return json_ready(o.tolist())
+    if isinstance(o, bytes):
+        return f"<{len(o)} bytes>"
     return o
 
 
@@ -42,7 +49,7 @@ def reconstruction_record(rec: Reconstruction) -> dict[str, Any]:
 
 def result_record(result) -> dict[str, Any]:
     """Everything measured in one AuditResult, JSON-ready (NaN/inf become null)."""
-    return _clean({
+    return json_ready({
         "defenses": result.defenses,
         "batch_size": result.observation.batch_size,
         "true_labels": None if result.true_labels is None else result.true_labels.tolist(),
@@ -107,10 +114,10 @@ def write_results(out: str | Path, results: Sequence, *, labels: Sequence[str] |
         rows.append((label, torch.cat([aligned_images(r) for r in group]), caps))
     paths["grid"] = save_reconstruction_grid(rows, out / "grid.png")
 
-    record = {"summary": _clean([summarize(label, group) for label, group in groups.items()]),
+    record = {"summary": json_ready([summarize(label, group) for label, group in groups.items()]),
               "runs": [dict(label=l, **result_record(r)) for l, r in zip(labels, results)]}
     if extra:
-        record.update(_clean(extra))
+        record.update(json_ready(extra))
     (out / "metrics.json").write_text(json.dumps(record, indent=2))
     paths["metrics"] = out / "metrics.json"
 
