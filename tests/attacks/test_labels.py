@@ -43,3 +43,13 @@ def test_counting_finds_every_present_class():
     true = [0, 2, 4, 6]
     labels, _ = recover_labels(_obs("convnet", true))
     assert sorted(set(labels.tolist())) == true
+
+
+@pytest.mark.parametrize("name", ["convnet", "mlp"])
+def test_idlg_falls_back_to_the_weight_rows_when_a_defense_dropped_the_label_bias(name):
+    obs = _obs(name, [7])
+    bias = [k for k in obs.update if k.endswith("bias")][-1]
+    assert float(obs.update[bias][7]) < 0
+    obs.update[bias][[2, 7]] = 0.0  # dropout zeroes entries at random: here the label's and another one
+    labels, method = recover_labels(obs)
+    assert method == "idlg-weights" and labels.tolist() == [7]

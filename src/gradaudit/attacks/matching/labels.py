@@ -5,7 +5,7 @@ weight-gradient rows are (1/B) sum_i (p_ic - 1[y_i = c]) h_i^T with non-negative
 sigmoid).
 
 * iDLG (Zhao et al. 2020), B = 1: the single negative entry of b (or the row of dW with a negative sum) is
-  the label.
+  the label. When b has no negative entry (a defense such as dropout zeroed it), the rows of dW decide.
 * Batches (counting in the style of Wainakh et al. 2022, "LLG+"): classes with negative b_c are present, and
   their multiplicity is n_c ~ B (mean_i p_ic - b_c), where mean_i p_ic is estimated from the model's outputs on
   dummy inputs. Without a bias, the row sums of dW are divided by the mean feature sum, estimated the same way.
@@ -78,6 +78,10 @@ def recover_labels(observation: Observation, victim: FunctionalVictim | None = N
         signal = grads[weight_name].detach().float().cpu().sum(1)
         scale = None
     if B == 1:
+        if bias_name is not None and not bool((signal < 0).any()):
+            # the label's (negative) bias entry was dropped or pruned away by a defense: the weight rows still
+            # carry its sign, summed over many entries (robust to dropping part of them)
+            return grads[weight_name].detach().float().cpu().sum(1).argmin().view(1), "idlg-weights"
         return signal.argmin().view(1), "idlg"
     p_mean, feat_sum = _dummy_statistics(victim, observation, weight_name)
     if scale is None:
