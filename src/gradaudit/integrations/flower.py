@@ -140,31 +140,29 @@ _DOC_ARGS = """
 """
 
 
-class AuditingStrategy(Strategy):
-    __doc__ = ("A ``flwr.server.strategy.Strategy`` that audits every round's client updates and otherwise "
-               "behaves as ``strategy`` (FedAvg, FedProx, ...).\n" + _DOC_ARGS)
+class _AuditingWrapper:
+    """What both wrappers share: the constructor (one signature), the capture, and the audit rows."""
 
-    def __init__(self, strategy: Strategy, *, model: ModelSpec, data: DataSpec, run_dir: str | Path,
+    def _check(self, strategy: Any) -> None:  # each wrapper checks the kind of strategy it wraps
+        raise NotImplementedError
+
+    def __init__(self, strategy: Any, *, model: ModelSpec, data: DataSpec, run_dir: str | Path,
                  attack: str | None = "inverting-gradients", attack_options: dict[str, Any] | None = None,
                  proxy: bool | ProxySettings = False, clients: int | Collection[Any] | None = None,
                  rounds: Collection[int] | None = None, ground_truth: GroundTruth | None = None,
                  local_steps: int | None = None, local_lr: float | None = None,
                  metric_keys: MetricKeys = MetricKeys(), run: str | None = None, save_observations: bool = True,
                  seed: int = 0, device: str = "cpu") -> None:
-        if not isinstance(strategy, Strategy):
-            hint = (" (a Message-API strategy: use AuditingMessageStrategy)"
-                    if isinstance(strategy, MessageStrategy) else "")
-            raise ConfigError(f"AuditingStrategy wraps a flwr.server.strategy.Strategy, got "
-                              f"{type(strategy).__name__}{hint}")
+        self._check(strategy)
         self.strategy = strategy
         self.capture = _Capture(model=model, data=data, run_dir=run_dir, attack=attack, attack_options=attack_options,
                                 proxy=proxy, clients=clients, rounds=rounds, ground_truth=ground_truth,
                                 local_steps=local_steps, local_lr=local_lr, metric_keys=metric_keys, run=run,
                                 save_observations=save_observations, seed=seed, device=device)
-        self._sent: dict[int, dict[str, Any]] = {}  # round -> cid -> Parameters sent in configure_fit
+        self._sent: dict[int, dict[Any, Any]] = {}  # round -> client -> what the server sent it
 
     def __repr__(self) -> str:
-        return f"AuditingStrategy({self.strategy!r}, run={self.run!r})"
+        return f"{type(self).__name__}({self.strategy!r}, run={self.run!r})"
 
     @property
     def run(self) -> str:
@@ -173,6 +171,18 @@ class AuditingStrategy(Strategy):
     @property
     def rows(self) -> list[AuditRow]:
         return self.capture.rows
+
+
+class AuditingStrategy(_AuditingWrapper, Strategy):
+    __doc__ = ("A ``flwr.server.strategy.Strategy`` that audits every round's client updates and otherwise "
+               "behaves as ``strategy`` (FedAvg, FedProx, ...).\n" + _DOC_ARGS)
+
+    def _check(self, strategy: Any) -> None:
+        if not isinstance(strategy, Strategy):
+            hint = (" (a Message-API strategy: use AuditingMessageStrategy)"
+                    if isinstance(strategy, MessageStrategy) else "")
+            raise ConfigError(f"AuditingStrategy wraps a flwr.server.strategy.Strategy, got "
+                              f"{type(strategy).__name__}{hint}")
 
     def initialize_parameters(self, client_manager):
         return self.strategy.initialize_parameters(client_manager)
@@ -201,39 +211,16 @@ class AuditingStrategy(Strategy):
         return self.strategy.evaluate(server_round, parameters)
 
 
-class AuditingMessageStrategy(MessageStrategy):
+class AuditingMessageStrategy(_AuditingWrapper, MessageStrategy):
     __doc__ = ("A Message-API ``flwr.serverapp.strategy.Strategy`` that audits every round's client updates and "
                "otherwise behaves as ``strategy``; use it where the wrapped strategy was used "
                "(``strategy.start(grid=grid, initial_arrays=..., num_rounds=...)`` in a ``@app.main()`` ServerApp)."
                "\n" + _DOC_ARGS)
 
-    def __init__(self, strategy: MessageStrategy, *, model: ModelSpec, data: DataSpec, run_dir: str | Path,
-                 attack: str | None = "inverting-gradients", attack_options: dict[str, Any] | None = None,
-                 proxy: bool | ProxySettings = False, clients: int | Collection[Any] | None = None,
-                 rounds: Collection[int] | None = None, ground_truth: GroundTruth | None = None,
-                 local_steps: int | None = None, local_lr: float | None = None,
-                 metric_keys: MetricKeys = MetricKeys(), run: str | None = None, save_observations: bool = True,
-                 seed: int = 0, device: str = "cpu") -> None:
+    def _check(self, strategy: Any) -> None:
         if not isinstance(strategy, MessageStrategy):
             raise ConfigError(f"AuditingMessageStrategy wraps a flwr.serverapp.strategy.Strategy, got "
                               f"{type(strategy).__name__}")
-        self.strategy = strategy
-        self.capture = _Capture(model=model, data=data, run_dir=run_dir, attack=attack, attack_options=attack_options,
-                                proxy=proxy, clients=clients, rounds=rounds, ground_truth=ground_truth,
-                                local_steps=local_steps, local_lr=local_lr, metric_keys=metric_keys, run=run,
-                                save_observations=save_observations, seed=seed, device=device)
-        self._sent: dict[int, dict[Any, Any]] = {}  # round -> node id -> RecordDict sent
-
-    def __repr__(self) -> str:
-        return f"AuditingMessageStrategy({self.strategy!r}, run={self.run!r})"
-
-    @property
-    def run(self) -> str:
-        return self.capture.auditor.run
-
-    @property
-    def rows(self) -> list[AuditRow]:
-        return self.capture.rows
 
     def summary(self) -> None:
         self.strategy.summary()
