@@ -12,8 +12,6 @@ On disk an observation is two files: ``NAME.safetensors`` (tensors only; no pick
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +20,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from ..checked_files import pair_paths, read_checked, write_checked
 from ..errors import ObservationError
 from ..models.registry import ModelSpec
 
@@ -164,51 +163,22 @@ class Observation:
 
     def save(self, path: str | Path) -> tuple[Path, Path]:
         """Write ``path.safetensors`` and ``path.json`` (any suffix of ``path`` is replaced)."""
-        from safetensors.torch import save_file
-
-        base = Path(path)
-        base = base.with_suffix("") if base.suffix in (".safetensors", ".json") else base
-        base.parent.mkdir(parents=True, exist_ok=True)
         tensors: dict[str, torch.Tensor] = {}
         for prefix, d in (("parameter/", self.parameters), ("update/", self.update), ("buffer/", self.buffers)):
-            tensors.update({prefix + k: v.detach().cpu().contiguous() for k, v in d.items()})
+            tensors.update({prefix + k: v for k, v in d.items()})
         if self.labels is not None:
-            tensors["labels"] = self.labels.detach().cpu().to(torch.int64).contiguous()
+            tensors["labels"] = self.labels.to(torch.int64)
         for i, (m, v) in enumerate(self.bn_statistics or []):
-            tensors[f"bn/{i}/mean"] = m.detach().cpu().contiguous()
-            tensors[f"bn/{i}/var"] = v.detach().cpu().contiguous()
-        st_path, js_path = base.with_suffix(".safetensors"), base.with_suffix(".json")
-        save_file(tensors, str(st_path))
-        meta = self.metadata()
-        meta["sha256"] = hashlib.sha256(st_path.read_bytes()).hexdigest()
-        js_path.write_text(json.dumps(meta, indent=2, default=_json_default))
-        return st_path, js_path
+            tensors[f"bn/{i}/mean"] = m
+            tensors[f"bn/{i}/var"] = v
+        return write_checked(path, tensors, self.metadata(), json_default=_json_default)
 
     @classmethod
     def load(cls, path: str | Path) -> "Observation":
         """Load an observation saved by :meth:`save` (either file's path, or the common stem)."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load
-
-        base = Path(path)
-        base = base.with_suffix("") if base.suffix in (".safetensors", ".json") else base
-        st_path, js_path = base.with_suffix(".safetensors"), base.with_suffix(".json")
-        for p in (st_path, js_path):
-            if not p.is_file():
-                raise ObservationError(f"observation file not found: {p} (an observation is NAME.safetensors + NAME.json)")
-        try:
-            meta = json.loads(js_path.read_text())
-        except json.JSONDecodeError as e:
-            raise ObservationError(f"{js_path} is not valid JSON: {e}") from None
-        if meta.get("format") != "gradaudit-observation":
-            raise ObservationError(f"{js_path} is not a gradaudit observation (format={meta.get('format')!r})")
-        raw = st_path.read_bytes()
-        if "sha256" in meta and hashlib.sha256(raw).hexdigest() != meta["sha256"]:
-            raise ObservationError(f"{st_path} does not match the checksum in {js_path.name}: truncated or modified")
-        try:
-            tensors = load(raw)
-        except (SafetensorError, Exception) as e:  # noqa: BLE001 - any parse failure is a bad file
-            raise ObservationError(f"{st_path} is not a valid safetensors file: {e}") from None
+        tensors, meta = read_checked(path, "gradaudit-observation", ObservationError, "observation",
+                                     require_checksum=False)
+        js_path = pair_paths(path)[1]
         pick = lambda prefix: {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}  # noqa: E731
         bn = None
         if meta.get("bn_statistics_known"):

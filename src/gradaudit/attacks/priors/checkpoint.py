@@ -24,6 +24,7 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import nn
 
+from ...checked_files import read_checked, write_checked
 from ...errors import ConfigError, GradauditError
 from .generators import build_generator
 
@@ -43,46 +44,14 @@ def _base(path: str | Path) -> Path:
 
 def save_checked(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> tuple[Path, Path]:
     """Write ``path.safetensors`` and ``path.json`` (meta + the tensor file's SHA-256), atomically per file."""
-    from safetensors.torch import save_file
-
-    base = _base(path)
-    base.parent.mkdir(parents=True, exist_ok=True)
-    st_path, js_path = base.with_suffix(".safetensors"), base.with_suffix(".json")
-    tmp_st, tmp_js = st_path.with_name(st_path.name + ".tmp"), js_path.with_name(js_path.name + ".tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp_st))
-    meta = {**meta, "sha256": hashlib.sha256(tmp_st.read_bytes()).hexdigest()}
-    tmp_js.write_text(json.dumps(meta, indent=2))
-    tmp_st.replace(st_path)  # an interruption between the two leaves a checksum mismatch, which load refuses
-    tmp_js.replace(js_path)
-    return st_path, js_path
+    return write_checked(_base(path), tensors, meta)
 
 
 def load_checked(path: str | Path, fmt: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read a pair written by :func:`save_checked`; refuse a wrong format, a bad checksum or a corrupt file."""
-    from safetensors.torch import load
-
-    base = _base(path)
-    st_path, js_path = base.with_suffix(".safetensors"), base.with_suffix(".json")
-    for p in (st_path, js_path):
-        if not p.is_file():
-            raise CheckpointError(f"checkpoint file not found: {p} (a checkpoint is NAME.safetensors + NAME.json)")
-    try:
-        meta = json.loads(js_path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{js_path} is not valid JSON: {e}") from None
-    if not isinstance(meta, dict) or meta.get("format") != fmt:
-        raise CheckpointError(f"{js_path} is not a {fmt} file (format={meta.get('format') if isinstance(meta, dict) else None!r})")
-    raw = st_path.read_bytes()
-    if hashlib.sha256(raw).hexdigest() != meta.get("sha256"):
-        raise CheckpointError(f"{st_path} does not match the checksum in {js_path.name}: truncated or modified")
-    try:
-        tensors = load(raw)
-    except Exception as e:  # noqa: BLE001 - any parse failure is a bad file
-        raise CheckpointError(f"{st_path} is not a valid safetensors file: {e}") from None
-    return tensors, meta
+    return read_checked(_base(path), fmt, CheckpointError, "checkpoint")
 
 
-# ----------------------------------------------------------------- index sets
 def index_ranges(indices: Iterable[int]) -> list[list[int]]:
     """Sorted distinct indices as half-open ``[start, stop)`` runs: [0,1,2,5] -> [[0, 3], [5, 6]]."""
     runs: list[list[int]] = []
