@@ -506,6 +506,19 @@ def _cell(c: dict | None, key: str = "rho", lo: str = "ci_low", hi: str = "ci_hi
     return s
 
 
+def _proxy_table(by: dict, study: str, cols: list[tuple[str, str]], headers: list[str], proxies: list[str],
+                 delta: bool = False) -> list[str]:
+    """Markdown rows: one per proxy, one column per (attack, metric-or-step) of ``study``; rho [CI], or with
+    ``delta`` the difference to the gradient norm [paired CI] (the baseline's own row left out)."""
+    lines = ["| proxy | " + " | ".join(headers) + " |", "|---|" + "---|" * len(cols)]
+    keys = ("delta", "delta_ci_low", "delta_ci_high") if delta else ()
+    for p in proxies:
+        if delta and p == BASELINE:
+            continue
+        lines.append(f"| {p} | " + " | ".join(_cell(by.get((study, a, x, p)), *keys) for a, x in cols) + " |")
+    return lines
+
+
 def validation_markdown(result: ValidationResult, title: str | None = None) -> str:
     """The tables: proxy rows, metric x attack-loss columns, rho [95 % CI] (bold: the CI excludes 0)."""
     meta = result.meta
@@ -524,22 +537,14 @@ def validation_markdown(result: ValidationResult, title: str | None = None) -> s
     metrics = [x for x in METRICS if any(k[0] == "attack" and k[2] == x for k in by)]
     proxies = [p for p in PROXY_COLUMNS if any(k[3] == p for k in by)]
     cols = [(a, x) for a in attacks for x in metrics]
-    lines.append("| proxy | " + " | ".join(f"{_NAMES[x]} ({_NAMES[a]})" for a, x in cols) + " |")
-    lines.append("|---|" + "---|" * len(cols))
-    for p in proxies:
-        lines.append(f"| {p} | " + " | ".join(_cell(by.get(("attack", a, x, p))) for a, x in cols) + " |")
+    headers = [f"{_NAMES[x]} ({_NAMES[a]})" for a, x in cols]
+    lines += _proxy_table(by, "attack", cols, headers, proxies)
     if "lpips" not in metrics:
         lines.append("")
         lines.append(f"LPIPS: {meta['lpips']}.")
     # delta to grad norm
     lines += ["", "Difference to the gradient norm, rho(proxy) - rho(grad_norm) [paired bootstrap 95 % CI]:", ""]
-    lines.append("| proxy | " + " | ".join(f"{_NAMES[x]} ({_NAMES[a]})" for a, x in cols) + " |")
-    lines.append("|---|" + "---|" * len(cols))
-    for p in proxies:
-        if p == BASELINE:
-            continue
-        lines.append(f"| {p} | " + " | ".join(_cell(by.get(("attack", a, x, p)), "delta", "delta_ci_low",
-                                                     "delta_ci_high") for a, x in cols) + " |")
+    lines += _proxy_table(by, "attack", cols, headers, proxies, delta=True)
     # attack quality summary
     lines += ["", "Attack quality (median [min, max] over the samples):", ""]
     lines.append("| attack | config | PSNR (dB) | SSIM | seconds/sample |")
@@ -561,19 +566,11 @@ def validation_markdown(result: ValidationResult, title: str | None = None) -> s
         lines += ["", f"Worst-case local analysis: gradient descent from x* + {lm['eps']} z (normalised space), "
                       f"{lm['steps']} steps; quality = -(remaining error ||x_T - x*||^2 / ||x_0 - x*||^2); "
                       "step 1 / max_i lambda_max (common) or 1 / own lambda_max (own):", ""]
-        lines.append("| proxy | " + " | ".join(f"{_NAMES[a]}, {r.replace('err_', '')} step" for a, r in lcols) + " |")
-        lines.append("|---|" + "---|" * len(lcols))
-        for p in lrows:
-            lines.append(f"| {p} | " + " | ".join(_cell(by.get(("local", a, r, p))) for a, r in lcols) + " |")
+        lheaders = [f"{_NAMES[a]}, {r.replace('err_', '')} step" for a, r in lcols]
+        lines += _proxy_table(by, "local", lcols, lheaders, lrows)
         lines += ["", "Local analysis, difference to the gradient norm, rho(proxy) - rho(grad_norm) [paired bootstrap "
                       "95 % CI]:", ""]
-        lines.append("| proxy | " + " | ".join(f"{_NAMES[a]}, {r.replace('err_', '')} step" for a, r in lcols) + " |")
-        lines.append("|---|" + "---|" * len(lcols))
-        for p in lrows:
-            if p == BASELINE:
-                continue
-            lines.append(f"| {p} | " + " | ".join(_cell(by.get(("local", a, r, p)), "delta", "delta_ci_low",
-                                                         "delta_ci_high") for a, r in lcols) + " |")
+        lines += _proxy_table(by, "local", lcols, lheaders, lrows, delta=True)
         med = []
         for a, r in lcols:
             e = result.column(f"local_{a}_{r.replace('err_', '')}_err")
