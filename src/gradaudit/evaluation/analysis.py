@@ -24,7 +24,6 @@ import csv
 import io
 import json
 import math
-import re
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,10 +31,10 @@ from typing import Any, Iterable, Optional
 
 from ..errors import ConfigError
 from .store import CellRow, ResultsStore, UtilityRow
+from .sweep import NO_DEFENSE, split_chain
 
 #: Metrics a row can be ranked by, and whether higher means a better reconstruction (more leakage).
 METRICS: dict[str, bool] = {"psnr": True, "ssim": True, "mse": False, "rmse": False, "lpips": False}
-NO_DEFENSE = "none"
 #: Keys of a utility config that do not define the training setting (ignored when finding the baseline).
 _NOT_SETTING = {"defense", "defenses", "curve", "train_images", "test_images"}
 
@@ -49,16 +48,12 @@ class DefenseName:
     value: Optional[float]  # the strength as a number where it is one (dpsgd: sigma), else None
 
 
-def _split_chain(label: str) -> list[str]:
-    return [p.strip() for p in re.split(r"\+(?=\s*[A-Za-z])", label) if p.strip()]
-
-
 def parse_defense_label(label: str) -> DefenseName:
     """Family and strength of a stored defense string (see the module docstring)."""
     label = (label or "").strip()
     if label.lower() in ("", NO_DEFENSE):
         return DefenseName(NO_DEFENSE, NO_DEFENSE, "", None)
-    parts = _split_chain(label)
+    parts = [p.strip() for p in split_chain(label)]
     families, strengths, values = [], [], []
     for part in parts:
         name, _, strength = part.partition(":")

@@ -38,6 +38,7 @@ import copy
 import difflib
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -97,6 +98,12 @@ def _defense_list(index: int, entry: Any) -> list[str]:
 def defense_label(specs: list[str]) -> str:
     """The canonical label of one defense combination: ``"none"`` or the describe() strings joined."""
     return DEFENSE_JOIN.join(specs) if specs else NO_DEFENSE
+
+
+def split_chain(label: str) -> list[str]:
+    """The inverse of :func:`defense_label`: ``"dpsgd:C=1,sigma=1.1 + prune:0.9"`` -> its specs (a ``+`` inside
+    a number such as ``1e+06`` is kept); the parts keep their surrounding spaces."""
+    return [p for p in re.split(r"\+(?=\s*[A-Za-z])", label) if p.strip()]
 
 
 class SweepConfig(_Strict):

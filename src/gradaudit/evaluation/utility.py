@@ -40,7 +40,6 @@ import copy
 import hashlib
 import json
 import math
-import re
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Optional, Sequence
@@ -56,6 +55,10 @@ from ..models.registry import ModelSpec, build_model
 from ..threat.client import Client, ServerKnowledge, batchnorm_layers
 from ..threat.observation import DataSpec
 from .store import ResultsStore, UtilityRow
+# the labels the sweep writes into ``cells.defense``: utility rows use the same ones, so that they join
+from .sweep import NO_DEFENSE
+from .sweep import defense_label as chain_label
+from .sweep import split_chain
 
 #: Defaults, sized so that one embedded-set LeNet run takes a few seconds on 2 CPU cores.
 DEFAULT_CLIENTS = 4
@@ -69,10 +72,6 @@ DEFAULT_TEST_SUBSET = 1000
 HOLDOUT_FRACTION = 0.25
 #: The train/test split and the subsets use this seed, so every run of a study sees the same data.
 SPLIT_SEED = 0
-#: The label of "no defense", and the separator of a chain's transforms, as the sweep writes ``cells.defense``
-#: (:func:`gradaudit.evaluation.sweep.defense_label`), so that utility rows join with cells.
-NO_DEFENSE = "none"
-DEFENSE_JOIN = " + "
 
 ProgressFn = Callable[[int, int, float], None]
 
@@ -101,12 +100,7 @@ def defense_label(defense_specs: str | Sequence[str] | None) -> str:
     ``"none"`` (alone or inside a list) means no transform. Invalid specs raise ConfigError.
     """
     specs = _as_spec_list(defense_specs)
-    return DEFENSE_JOIN.join(parse_defense(s).describe() for s in specs) or NO_DEFENSE
-
-
-def split_chain(label: str) -> list[str]:
-    """``"dpsgd:C=1,sigma=1.1 + prune:0.9"`` -> its specs (a ``+`` inside a number such as ``1e+06`` is kept)."""
-    return [p for p in re.split(r"\+(?=\s*[A-Za-z])", label) if p.strip()]
+    return chain_label([parse_defense(s).describe() for s in specs])
 
 
 def _as_spec_list(defense_specs: str | Sequence[str] | None) -> list[str]:
@@ -249,7 +243,7 @@ def utility_config(defense_specs: str | Sequence[str] | None, dataset: str = "em
     """The full, JSON-ready description of a utility run (what its key is a hash of)."""
     specs = _as_spec_list(defense_specs)
     transforms = [parse_defense(s) for s in specs]
-    return {"defense": DEFENSE_JOIN.join(t.describe() for t in transforms) or NO_DEFENSE,
+    return {"defense": chain_label([t.describe() for t in transforms]),
             "defenses": [t.describe() for t in transforms], "dataset": dataset, "model": model,
             "model_kwargs": dict(model_kwargs or {}), "clients": clients, "rounds": rounds,
             "batch_size": batch_size, "lr": lr, "protocol": protocol,
