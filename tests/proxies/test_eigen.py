@@ -120,3 +120,47 @@ def test_bad_arguments():
         power_iteration(lambda v: v)
     with pytest.raises(ConfigError, match="square"):
         lanczos(np.ones((2, 3)))
+
+
+def test_one_krylov_space_gives_a_rank_one_downdated_family():
+    """Lanczos on A = 2 J^T J started at c = J^T u returns lambda_max of A and of (J^T J - c c^T)/n2 (the L2 and
+    cosine Gauss-Newton forms) for the products of one run, and the family also handles a negative scale."""
+    rng = np.random.default_rng(7)
+    J = rng.standard_normal((90, 60)) * np.linspace(1, 6, 60)
+    g = rng.standard_normal(90)
+    n2 = g @ g
+    c = J.T @ (g / np.sqrt(n2))
+    G = J.T @ J
+    ops = Batch([2 * G])
+    fam = {"l2": (1.0, 0.0), "cosine": (1 / (2 * n2), 2 * c @ c), "neg": (-1.0, 0.0)}
+    res = lanczos(ops, which="both", tol=1e-9, maxiter=60, start=torch.as_tensor(c)[None], variants=fam)[0]
+    truth = {"l2": np.linalg.eigvalsh(2 * G), "cosine": np.linalg.eigvalsh((G - np.outer(c, c)) / n2),
+             "neg": np.linalg.eigvalsh(-2 * G)}
+    for name, ev in truth.items():
+        assert res[name]["LA"].value == pytest.approx(ev[-1], rel=1e-8)
+        assert res[name]["SA"].value == pytest.approx(ev[0], rel=1e-6, abs=1e-9 * abs(ev).max())
+    # the top end alone converges long before the space is full, for both members, with one run's products
+    top = lanczos(Batch([2 * G]), which="LA", tol=1e-6, maxiter=60, start=torch.as_tensor(c)[None],
+                  variants={k: fam[k] for k in ("l2", "cosine")})[0]
+    assert top["l2"]["LA"].iterations == top["cosine"]["LA"].iterations < 40
+    for name in ("l2", "cosine"):
+        assert top[name]["LA"].converged
+        assert top[name]["LA"].value == pytest.approx(truth[name][-1], rel=1e-5)
+    with pytest.raises(ConfigError, match="start"):
+        lanczos(Batch([G]), start=torch.zeros(1, 60))
+    with pytest.raises(ConfigError, match="variant"):
+        lanczos(Batch([G]), variants={"bad": (1.0,)})
+
+
+def test_gap_criterion_stops_earlier_and_stays_within_tolerance():
+    mats = [psd(120, seed=s, spread=4.0) for s in range(4)]
+    strict = lanczos(Batch(mats), which="LA", tol=1e-6, maxiter=120)
+    gap = lanczos(Batch(mats), which="LA", tol=1e-6, maxiter=120, criterion="gap")
+    for M, r, q in zip(mats, strict, gap):
+        top = np.linalg.eigvalsh(M)[-1]
+        assert r["LA"].converged and q["LA"].converged
+        assert q["LA"].iterations < r["LA"].iterations
+        assert abs(q["LA"].value - top) <= 1e-6 * top  # the error estimate held
+        assert q["LA"].residual > 1e-6 * top  # ... although the residual alone would not have stopped yet
+    with pytest.raises(ConfigError, match="criterion"):
+        lanczos(Batch(mats), criterion="value")

@@ -7,8 +7,8 @@ import torch
 from gradaudit.attacks.matching.victim import FunctionalVictim
 from gradaudit.errors import ConfigError
 from gradaudit.models import ModelSpec
-from gradaudit.proxies.hessian import (GradientMap, batched_hvp_fn, dense_hessian, hvp_fn, jacobian,
-                                       matching_loss)
+from gradaudit.proxies.hessian import (GradientMap, SampleLinearization, batched_hvp_fn, dense_hessian, hvp_fn,
+                                       jacobian, matching_loss)
 from gradaudit.threat import Client, DataSpec, ServerKnowledge
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
@@ -57,6 +57,21 @@ def test_gauss_newton_identities(case):
     torch.testing.assert_close(jacobian(model, x, y, input_shape=shape, chunk=7, **F64), J)
 
 
+def test_cached_mixed_partials_equal_the_jacobian(case):
+    """J v = d/dtheta <dL/dx, v> and J^T w = d/dx <dL/dtheta, w> through one cached graph equal the dense J."""
+    model, shape, x, y = case
+    J = jacobian(model, x, y, input_shape=shape, **F64)
+    gmap = GradientMap.from_source(model, input_shape=shape, **F64)
+    lin = SampleLinearization(gmap, x, y)
+    torch.testing.assert_close(lin.g_star, gmap(x, torch.tensor(y)))
+    g = torch.Generator().manual_seed(4)
+    for _ in range(2):  # the graph is reused: a second product is as exact as the first
+        v = torch.randn(x.numel(), generator=g, dtype=torch.float64)
+        w = torch.randn(J.shape[0], generator=g, dtype=torch.float64)
+        assert _rel(lin.jvp(v), J @ v) < 1e-10
+        assert _rel(lin.vjp(w), J.T @ w) < 1e-10
+
+
 @pytest.mark.parametrize("loss", ["l2", "cosine"])
 def test_batched_products_equal_single_sample_products(case, loss):
     model, shape, x, y = case
@@ -72,6 +87,11 @@ def test_batched_products_equal_single_sample_products(case, loss):
     torch.testing.assert_close(loop, single)
     torch.testing.assert_close(B(V[[2, 0]], rows=[2, 0]), single[[2, 0]])  # a subset of the samples
     assert B.matvecs == 5
+    W = torch.randn(3, B.g_star.shape[1], generator=g, dtype=torch.float64)
+    pulled = torch.stack([jacobian(model, xs[i], ys[i], input_shape=shape, **F64).T @ W[i] for i in range(3)])
+    torch.testing.assert_close(B.pullback(W), pulled)
+    torch.testing.assert_close(batched_hvp_fn(model, xs, ys, loss, input_shape=shape, vectorize=False,
+                                              **F64).pullback(W), pulled)
 
 
 def test_mixed_losses_in_one_batch(case):

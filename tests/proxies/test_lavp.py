@@ -52,6 +52,24 @@ def test_proxies_equal_dense_eigenvalues(setup):
     assert table.meta["method"] == "lanczos" and table.meta["dim"] == 36
 
 
+def test_lambda_max_of_both_losses_from_one_early_stopped_run():
+    """D = 256 inputs: lambda_max of L2 and cosine converge (tol 1e-6) in far fewer than D products of the one
+    shared run (started at c = J^T u), and equal the dense eigenvalues; vmap and the cached-graph loop agree."""
+    torch.manual_seed(1)
+    model = build_model(ModelSpec("lenet", 10, (1, 16, 16)))
+    images = torch.rand(3, 1, 16, 16, generator=torch.Generator().manual_seed(2))
+    labels = torch.tensor([0, 4, 9])
+    dense = compute_proxies(model, images, labels, data=DATA, method="dense", which=("max",), dtype=F64)
+    for vectorize in (True, False):
+        t = compute_proxies(model, images, labels, data=DATA, which=("max",), tol=1e-6, maxiter=100, dtype=F64,
+                            vectorize=vectorize)
+        for loss in ("l2", "cosine"):
+            np.testing.assert_allclose(t.column(f"{loss}_max"), dense.column(f"{loss}_max"), rtol=1e-5)
+            assert all(r[f"{loss}_max_converged"] for r in t.rows)
+            assert max(r[f"{loss}_max_iterations"] for r in t.rows) < 60
+        assert [r["l2_max_iterations"] for r in t.rows] == [r["cosine_max_iterations"] for r in t.rows]
+
+
 def test_gradient_norm_is_the_clients_update_norm(setup):
     spec, model, images, labels = setup
     norms = []
@@ -81,8 +99,11 @@ def test_vectorised_and_looped_proxies_agree(setup):
     kw = dict(data=DATA, maxiter=12, tol=1e-12, dtype=F64)
     a = compute_proxies(model, images, labels, vectorize=True, **kw)
     b = compute_proxies(model, images, labels, vectorize=False, **kw)
+    c = compute_proxies(model, images, labels, vectorize=True, batch_size=3, **kw)  # batches of 3 and 1
+    assert not a.rows[0]["l2_min_converged"]  # 12 steps: unconverged upper bounds, still batch-independent
     for col in a.proxies:
         np.testing.assert_allclose(a.column(col), b.column(col), rtol=1e-9)
+        np.testing.assert_allclose(a.column(col), c.column(col), rtol=1e-9)
 
 
 def test_singular_l2_hessian_when_fewer_parameters_than_pixels(tiny_conv):

@@ -19,9 +19,22 @@ g survives, because it is multiplied by the residual derivative dist'(g*) = 0):
 
 (For the cosine: the g-Hessian of 1 - cos at g = g* is (I - u u^T)/||g*||^2; its g-gradient is zero there.)
 
-A Hessian-vector product never forms J: ``J v`` is one forward-mode ``torch.func.jvp`` of x -> g(x)
-(forward-over-reverse), and ``J^T w`` one ``torch.func.vjp`` (reverse-over-reverse). Both are composable with
-``torch.func.vmap``, so the products of many samples (each with its own x*, y and v) run as one batched call.
+A Hessian-vector product never forms J. Two routes compute ``J v`` and ``J^T w``:
+
+* cached mixed partials (:class:`SampleLinearization`, used for one sample at a time): J is the mixed second
+  derivative d^2 CE / d theta d x, so with one backward pass of CE(f_theta(x*), y) that keeps its graph
+  (``create_graph=True``) giving both gradients g_theta = g(x*) and g_x = d CE / dx,
+
+      J^T w = d/dx <g_theta, w>        J v = d/dtheta <g_x, v>         (Schwarz: the mixed partials agree)
+
+  and each product is one further backward pass through that cached graph; nothing is recomputed per
+  product. On ResNet-18 at 3x32x32 (one CPU thread) that is ~0.13 s for J v and ~0.12 s for J^T w, against
+  ~0.35 s for a forward-over-reverse ``jvp`` that re-evaluates the gradient map each time.
+* ``torch.func`` (``_hvp_core``, used where products of many samples are ``vmap``-ed together): ``J v`` is a
+  forward-mode ``jvp`` of x -> g(x) (forward-over-reverse) and ``J^T w`` a ``vjp`` (reverse-over-reverse);
+  both compose with ``vmap``, so the products of N samples (each with its own x*, y and v) are one call.
+
+The two agree to rounding (tests: float64, against the dense autograd Hessian of the loss itself).
 
 Batch norm. The proxy predicts a *single-sample* attack (B = 1, the paper's setting), so by default
 (``bn_mode="train"``) BN layers normalise with the statistics of that one sample, exactly as the FedSGD
@@ -227,6 +240,81 @@ def _hvp_core(gmap: GradientMap, x_star, y, a, b, u, v):
     return pullback(w)[0].reshape(-1)
 
 
+class SampleLinearization:
+    """J v and J^T w of one sample by backward passes through one cached second-order graph.
+
+    With L = CE(f_theta(x[None]), y) at (theta, x*), one ``torch.autograd.grad(L, (theta, x),
+    create_graph=True)`` yields g_theta (= g(x*), the update) and g_x, both still differentiable. Then
+
+        J^T w = grad(<g_theta, w>, x)     and     J v = grad(<g_x, v>, theta)
+
+    because J = dg/dx = d^2 L / (d theta d x) and mixed partials commute. Each product is one backward pass
+    through the retained graph (``retain_graph=True``); the graph (about two forward passes of activations)
+    lives as long as this object. Parameters or inputs the loss does not depend on give zero blocks.
+
+    Attributes: ``g_star`` ([P], detached), ``dim`` (D), ``num_params`` (P).
+    """
+
+    def __init__(self, gmap: GradientMap, x_star: torch.Tensor, y) -> None:
+        self.dim, self.num_params = gmap.dim, gmap.num_params
+        self._shapes = [gmap.params[k].shape for k in gmap.names]
+        self._sizes = [gmap.params[k].numel() for k in gmap.names]
+        params = [gmap.params[k].detach().clone().requires_grad_(True) for k in gmap.names]
+        x = gmap.sample(x_star).detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            loss = gmap.loss(dict(zip(gmap.names, params)), x.unsqueeze(0), gmap.label(y).reshape(1))
+            grads = torch.autograd.grad(loss, params + [x], create_graph=True, allow_unused=True)
+        g_theta = [torch.zeros_like(p) if g is None else g for g, p in zip(grads[:-1], params)]
+        self._params, self._x = params, x
+        self._g_theta = g_theta
+        self._g_x = grads[-1]
+        self.g_star = torch.cat([g.detach().reshape(-1) for g in g_theta])
+
+    def jvp_parts(self, v: torch.Tensor) -> list[torch.Tensor]:
+        """J v = d/dtheta <g_x, v>, one fresh tensor per parameter (no concatenation of the P-vector)."""
+        if self._g_x is None or not self._g_x.requires_grad:
+            return [torch.zeros_like(p) for p in self._params]
+        out = torch.autograd.grad(self._g_x, self._params, grad_outputs=v.reshape(self._x.shape).to(self._x),
+                                  retain_graph=True, allow_unused=True)
+        return [torch.zeros_like(p) if o is None else o.detach() for o, p in zip(out, self._params)]
+
+    def vjp_parts(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        """J^T w = d/dx <g_theta, w> for w given per parameter ([D])."""
+        pairs = [(g, c) for g, c in zip(self._g_theta, parts) if g.requires_grad]
+        if not pairs:
+            return torch.zeros(self.dim, dtype=self._x.dtype, device=self._x.device)
+        out = torch.autograd.grad([g for g, _ in pairs], self._x, grad_outputs=[c for _, c in pairs],
+                                  retain_graph=True, allow_unused=True)[0]
+        return (torch.zeros_like(self._x) if out is None else out).reshape(-1).detach()
+
+    def split(self, w: torch.Tensor) -> list[torch.Tensor]:
+        """A [P]-vector as per-parameter views."""
+        return [c.reshape(s) for c, s in zip(torch.split(w.to(self.g_star), self._sizes), self._shapes)]
+
+    def jvp(self, v: torch.Tensor) -> torch.Tensor:
+        """J v ([D] -> [P])."""
+        return torch.cat([p.reshape(-1) for p in self.jvp_parts(v)])
+
+    def vjp(self, w: torch.Tensor) -> torch.Tensor:
+        """J^T w ([P] -> [D])."""
+        return self.vjp_parts(self.split(w))
+
+    def gauss_newton(self, v: torch.Tensor, a: float, b: float = 0.0, u_parts: list[torch.Tensor] | None = None
+                     ) -> torch.Tensor:
+        """J^T (a I - b u u^T) J v, in place on the per-parameter pieces of J v.
+
+        On ResNet-18 (P = 11.2M) building a*Jv - b u <u, Jv> as new P-vectors costs ~0.1 s, a third of a
+        product (fresh 45 MB allocations); scaling the pieces in place costs a few ms."""
+        parts = self.jvp_parts(v)
+        if b != 0.0:
+            c = b * float(sum(torch.dot(q.reshape(-1), p.reshape(-1)) for q, p in zip(u_parts, parts)))
+            torch._foreach_mul_(parts, a)
+            torch._foreach_add_(parts, u_parts, alpha=-c)
+        elif a != 1.0:
+            torch._foreach_mul_(parts, a)
+        return self.vjp_parts(parts)
+
+
 class SampleHessian:
     """The Hessian of one sample's matching loss at x*, as an operator: ``H(v)`` for v [D] -> [D].
 
@@ -239,28 +327,25 @@ class SampleHessian:
         self.gmap, self.loss = gmap, loss
         self.x_star = gmap.sample(x_star)
         self.y = gmap.label(y)
-        f = lambda x: gmap(x, self.y)  # noqa: E731
-        g_star, self._pullback = vjp(f, self.x_star)  # reused by every product (J^T w needs no new forward)
-        self.g_star = g_star.detach()
+        self._lin = SampleLinearization(gmap, self.x_star, self.y)  # one cached graph for every product
+        self.g_star = self._lin.g_star
         self.g_norm = float(self.g_star.norm())
         self._a, self._b, self._u = _coefficients(self.g_star, loss)
-        self._f = f
+        self._u_parts = self._lin.split(self._u)
         self.dim = gmap.dim
         self.matvecs = 0
 
     def jvp(self, v: torch.Tensor) -> torch.Tensor:
         """J v ([D] -> [P])."""
-        return jvp(self._f, (self.x_star,), (v.reshape(self.x_star.shape).to(self.x_star),))[1]
+        return self._lin.jvp(v)
 
     def vjp(self, w: torch.Tensor) -> torch.Tensor:
         """J^T w ([P] -> [D])."""
-        return self._pullback(w.to(self.g_star))[0].reshape(-1)
+        return self._lin.vjp(w)
 
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
         self.matvecs += 1
-        jv = self.jvp(v)
-        w = self._a * jv - self._b * self._u * (self._u * jv).sum()
-        return self.vjp(w).detach()
+        return self._lin.gauss_newton(v, float(self._a), float(self._b), self._u_parts)
 
     def as_linear_operator(self):
         from scipy.sparse.linalg import LinearOperator
@@ -277,9 +362,11 @@ class BatchedHessian:
     """The Hessians of N samples' matching losses, applied together: ``H(V)`` for V [N, D] -> [N, D].
 
     Row i is H_i V_i, where H_i belongs to sample i (its own x*, y, loss). Products run as one
-    ``vmap``-ed call (``vectorize=True``) or one sample after another (``vectorize=False``, same numbers).
+    ``vmap``-ed call of the ``torch.func`` route (``vectorize=True``) or one sample after another through
+    each sample's cached :class:`SampleLinearization` (``vectorize=False``; same numbers to rounding, ~2x
+    faster per product on CPU for ResNet-sized models, and it holds one second-order graph per sample).
     ``H(V, rows)`` applies only the Hessians of ``rows`` (V then has len(rows) rows): Lanczos uses it to
-    drop samples that have converged.
+    drop samples that have converged. ``pullback(W)`` gives J_i^T W_i per row.
     """
 
     def __init__(self, gmap: GradientMap, x_stars: torch.Tensor, ys, losses: Loss | list[str] = "l2",
@@ -295,6 +382,7 @@ class BatchedHessian:
             _check_loss(name)
         self.gmap, self.vectorize, self.chunk = gmap, vectorize, chunk
         self.n, self.dim = n, gmap.dim
+        self._lin = None if vectorize else [SampleLinearization(gmap, x, y) for x, y in zip(self.x_stars, self.ys)]
         self.g_star = self._gradients()
         self.g_norm = self.g_star.norm(dim=1)
         coef = [_coefficients(self.g_star[i], self.losses[i]) for i in range(n)]
@@ -309,7 +397,7 @@ class BatchedHessian:
             return torch.zeros(0, self.gmap.num_params, dtype=self.gmap.dtype, device=self.gmap.device)
         if self.vectorize:
             return torch.cat([vmap(self.gmap)(x, y) for x, y in self._chunks(self.x_stars, self.ys)]).detach()
-        return torch.stack([self.gmap(x, y) for x, y in zip(self.x_stars, self.ys)]).detach()
+        return torch.stack([lin.g_star for lin in self._lin])
 
     def _chunks(self, *tensors):
         size = self.chunk or max(1, tensors[0].shape[0])
@@ -325,7 +413,25 @@ class BatchedHessian:
             return V.clone()
         if self.vectorize:
             return torch.cat([self._batched(*c) for c in self._chunks(*args)]).detach()
-        return torch.stack([_hvp_core(self.gmap, *(t[i] for t in args)) for i in range(len(idx))]).detach()
+        out = []
+        for k, i in enumerate(idx.tolist()):
+            lin = self._lin[i]
+            out.append(lin.gauss_newton(V[k], float(self._a[i]), float(self._b[i]), lin.split(self._u[i])))
+        return torch.stack(out)
+
+    def pullback(self, W: torch.Tensor) -> torch.Tensor:
+        """J_i^T W_i for every sample i: W [N, P] -> [N, D] (one vjp per sample, no loss coefficients)."""
+        W = torch.as_tensor(W).to(self.g_star).reshape(self.n, self.gmap.num_params)
+        if self.n == 0:
+            return torch.zeros(0, self.dim, dtype=self.x_stars.dtype, device=self.x_stars.device)
+        if not self.vectorize:
+            return torch.stack([lin.vjp(w) for lin, w in zip(self._lin, W)])
+        gmap = self.gmap
+
+        def one(x, y, w):
+            return vjp(lambda z: gmap(z, y), x)[1](w)[0].reshape(-1)
+
+        return torch.cat([vmap(one)(*c) for c in self._chunks(self.x_stars, self.ys, W)]).detach()
 
 
 def hvp_fn(source: Source, x_star: torch.Tensor, y, loss: Loss = "l2", **gmap_kwargs) -> SampleHessian:

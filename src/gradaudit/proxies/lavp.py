@@ -38,14 +38,26 @@ eigenvalues are clustered (the three smallest of H_cos on image 0: 2.4e-9, 3.1e-
 Krylov methods then do not converge to lambda_min in any affordable number of products: on image 0, after
 150 Lanczos steps the smallest Ritz value was ~27x the true lambda_min for both losses (~70x after 100), an
 *upper bound* flagged ``converged=False``. lambda_max, by contrast, is well separated and converges in a few
-products (4 for LeNet, 13 for ResNet-18 at tol 1e-3). ``method="dense"`` (J materialised, eigvalsh of the
+products (4-8 for LeNet, 8-17 for ResNet-18 at tol 1e-3, both losses together). ``method="dense"`` (J materialised, eigvalsh of the
 D x D Gauss-Newton forms in float64) is exact and affordable for LeNet-sized models (~12 s per sample on one
 CPU thread at 32x32); ResNet-18 (P = 11.2M) needs ``method="lanczos"``, and its lambda_min columns must be
 read as upper bounds unless their ``*_converged`` flag is set.
 
-Cost (benchmarks/lavp_cost.py, one CPU thread, 3x32x32): one Hessian-vector product takes ~7 ms (LeNet) /
-~0.5 s (ResNet-18); vmapping the products of 8 LeNet samples gives ~500 products/s against ~140/s in a loop,
-while for ResNet-18 on CPU vmap is no faster than the loop (use ``vectorize=False`` there).
+lambda_max of both losses from one run. H_L2 = 2 J^T J and H_cos = (J^T J - c c^T) / ||g*||^2 with
+c = J^T u: the cosine Hessian is a scaled rank-one downdate of the L2 one along c. Lanczos on H_L2 started at
+c builds the same Krylov space as Lanczos on H_cos started at c, and the cosine tridiagonal matrix is the L2
+one with its (1, 1) entry lowered (:func:`~.eigen.lanczos`, ``variants``). So ``method="lanczos"`` gets
+lambda_max of both losses from the products of one run plus one J^T u; the values equal separate runs to the
+tolerance (on the four stored validation studies: within 1e-5 relative, identical ranks). lambda_min keeps
+one random-start run per loss (a start at c, which weights directions by their singular values, would
+slow the bottom end further).
+
+Cost (benchmarks/lavp_cost.py, one CPU thread, 3x32x32): a Hessian-vector product through the sample's
+cached second-order graph (:class:`~.hessian.SampleLinearization`) takes ~3 ms (LeNet) / ~0.33 s
+(ResNet-18), against ~6 ms / ~0.56 s by ``torch.func`` jvp + vjp; lambda_max of L2 and cosine together take
+a mean of ~12 products (ResNet-18, tol 1e-3), about 4.6 s per sample, ~1.6% of a 1000-iteration Inverting
+Gradients attack on the same sample. ``vectorize=True`` (vmap over samples) is about as fast for LeNet and
+slower for ResNet-18 on CPU.
 
 Labels. The Hessian needs the label the attack matches with. With known labels (the default) it is the true
 label. When labels are unknown the attacker recovers them first; pass the samples' own B = 1 observations
@@ -199,10 +211,10 @@ def _spectrum_dense(gmap: GradientMap, x: torch.Tensor, y: torch.Tensor, losses,
 def compute_proxies(source, images: torch.Tensor, labels=None, *, observations: Sequence[Observation] | None = None,
                     data=None, normalized: bool = False, method: Method = "lanczos",
                     which: Iterable[str] = ("max", "min"), losses: Iterable[str] = LOSSES,
-                    tol: float = 1e-3, maxiter: int = 100, batch_size: int = 8, vectorize: bool = True,
+                    tol: float = 1e-3, maxiter: int = 100, batch_size: int = 8, vectorize: bool = False,
                     bn_mode: str = "train", dtype: torch.dtype = torch.float32,
                     device: torch.device | str | None = None, seed: int = 0,
-                    indices: Sequence[int] | None = None,
+                    indices: Sequence[int] | None = None, criterion: str = "gap",
                     progress: Callable[[int, int], None] | None = None) -> ProxyTable:
     """Gradient norm and LAVPs (lambda_max, lambda_min; L2 and cosine; fused) of every sample.
 
@@ -216,10 +228,16 @@ def compute_proxies(source, images: torch.Tensor, labels=None, *, observations: 
         method: "lanczos" (batched, default), "dense" (exact; small models), "arpack" (scipy eigsh per
             sample; lambda_min by ARPACK on lambda_max(1 + 1e-3) I - H), "power" (batched power iteration).
         which: subset of ("max", "min"). losses: subset of ("l2", "cosine").
-        tol, maxiter: relative residual tolerance and Lanczos steps / power iterations / ARPACK restarts.
-        batch_size: samples solved together (one operator per sample and loss; their products run as one
-            vmapped call per Lanczos step).
-        vectorize: vmap over samples (False: a loop, same numbers; faster for ResNet-18 on CPU).
+        tol, maxiter: relative tolerance and Lanczos steps / power iterations / ARPACK restarts.
+        criterion: what ``tol`` bounds for Lanczos lambda_max (:func:`~.eigen.lanczos`): "gap" (default), the
+            gap-theorem estimate of the relative eigenvalue error, or "residual", the relative residual
+            norm (a bound, and 2-3 more products per sample on ResNet-18: ~13 instead of ~10). lambda_min,
+            power iteration and ARPACK always use the residual.
+        batch_size: with ``vectorize=True``, samples solved together (their products run as one vmapped
+            call per Lanczos step); the default loop solves one sample at a time.
+        vectorize: False (default): products through each sample's cached second-order graph, one sample
+            after another; True: one ``torch.func`` vmap over the batch (same numbers to rounding; on CPU
+            about as fast for LeNet and ~2x slower per product for ResNet-18, but no graph held per sample).
         bn_mode, dtype, device: how the gradient map is evaluated (:class:`~.hessian.GradientMap`).
         seed: start vectors of the iterative solvers.
         indices: identifiers stored in the ``index`` column (default 0..N-1).
@@ -234,6 +252,8 @@ def compute_proxies(source, images: torch.Tensor, labels=None, *, observations: 
         from ..errors import unknown_name
 
         raise unknown_name("proxy method", method, METHODS)
+    if criterion not in ("gap", "residual"):
+        raise ConfigError(f"criterion must be 'gap' or 'residual', got '{criterion}'")
     which = tuple(which)
     losses = tuple(losses)
     if not which or any(w not in SIDES for w in which):
@@ -279,11 +299,14 @@ def compute_proxies(source, images: torch.Tensor, labels=None, *, observations: 
 
     t_start = time.perf_counter()
     rows: list[dict] = []
-    for s in range(0, n, batch_size):
+    # Without vmap the samples of a batch share no work, and each holds a second-order graph: solve them one
+    # at a time (on ResNet-18 holding 8 graphs made every product ~15% slower).
+    step = batch_size if vectorize else 1
+    for s in range(0, n, step):
         t0 = time.perf_counter()
-        part = list(range(s, min(n, s + batch_size)))
+        part = list(range(s, min(n, s + step)))
         results, gnorms = _solve_chunk(gmap, xs[part], ys[part], losses, which, method, tol, maxiter,
-                                       vectorize, seed)
+                                       vectorize, seed, criterion, part)
         per = (time.perf_counter() - t0) / len(part)
         for k, i in enumerate(part):
             row = {"index": ids[i], "label": int(labels[i]), "label_source": label_sources[i],
@@ -301,7 +324,8 @@ def compute_proxies(source, images: torch.Tensor, labels=None, *, observations: 
         if progress is not None:
             progress(len(rows), n)
     _add_fusion(rows, losses, which)
-    meta = {"method": method, "tol": tol, "maxiter": maxiter, "bn_mode": gmap.bn_mode, "dtype": str(gmap.dtype),
+    meta = {"method": method, "tol": tol, "criterion": criterion if method == "lanczos" else "residual",
+            "maxiter": maxiter, "bn_mode": gmap.bn_mode, "dtype": str(gmap.dtype),
             "input_space": "normalised", "num_params": gmap.num_params, "dim": gmap.dim,
             "fusion": "geometric mean of the L2 and cosine values (fused_value_*) and of their per-sample "
                       "ranks within this table, rank 1 = smallest (fused_rank_*)",
@@ -309,8 +333,12 @@ def compute_proxies(source, images: torch.Tensor, labels=None, *, observations: 
     return ProxyTable(rows, meta)
 
 
-def _solve_chunk(gmap: GradientMap, xs, ys, losses, which, method, tol, maxiter, vectorize, seed):
-    """Per sample: {loss: {"max"/"min": EigenResult}}, and the gradient norms."""
+def _solve_chunk(gmap: GradientMap, xs, ys, losses, which, method, tol, maxiter, vectorize, seed, criterion,
+                 positions):
+    """Per sample: {loss: {"max"/"min": EigenResult}}, and the gradient norms.
+
+    ``positions``: the samples' places in the whole table; Lanczos start vectors are drawn per position, so a
+    sample's values do not depend on which batch it was solved in."""
     m = xs.shape[0]
     out = [{loss: {} for loss in losses} for _ in range(m)]
     if method == "dense":
@@ -327,18 +355,26 @@ def _solve_chunk(gmap: GradientMap, xs, ys, losses, which, method, tol, maxiter,
                     out[k][loss][w] = EigenResult(vals[w], products, True, 0.0, "dense", SIDES[w])
             gn.append(float(gmap(xs[k], ys[k]).norm()))
         return out, gn
+    if method == "lanczos":
+        gn = None
+        if "max" in which:
+            top, gn = _joint_lambda_max(gmap, xs, ys, losses, tol, maxiter, vectorize, seed, criterion, positions)
+            for k in range(m):
+                for loss in losses:
+                    out[k][loss]["max"] = top[k][loss]["LA"]
+        if "min" in which:
+            low, gn_min = _separate_lanczos(gmap, xs, ys, losses, "SA", tol, maxiter, vectorize, seed, positions)
+            gn = gn if gn is not None else gn_min
+            for k in range(m):
+                for loss in losses:
+                    out[k][loss]["min"] = low[k][loss]["SA"]
+        return out, gn
     # one operator per (sample, loss), all in one batch
     pairs = [(k, loss) for k in range(m) for loss in losses]
     op = BatchedHessian(gmap, xs[[k for k, _ in pairs]], ys[[k for k, _ in pairs]], [l for _, l in pairs],
                         vectorize=vectorize)
     gn = [float(op.g_norm[pairs.index((k, losses[0]))]) for k in range(m)]
-    if method == "lanczos":
-        mode = "both" if len(which) == 2 else SIDES[which[0]]
-        res = lanczos(op, which=mode, tol=tol, maxiter=maxiter, seed=seed)
-        for (k, loss), r in zip(pairs, res):
-            for w in which:
-                out[k][loss][w] = r[SIDES[w]]
-    elif method == "power":
+    if method == "power":
         top = power_iteration(op, tol=tol, maxiter=maxiter, seed=seed)
         low = power_iteration_min(op, [t.value for t in top], tol=tol, maxiter=maxiter, seed=seed) \
             if "min" in which else None
@@ -357,6 +393,55 @@ def _solve_chunk(gmap: GradientMap, xs, ys, losses, which, method, tol, maxiter,
             if "min" in which:
                 out[k][loss]["min"] = eigsh_extreme(H, "SA", tol=tol, maxiter=maxiter, seed=seed,
                                                     shift=top.value * (1 + 1e-3))
+    return out, gn
+
+
+def _joint_lambda_max(gmap: GradientMap, xs, ys, losses, tol, maxiter, vectorize, seed, criterion, positions):
+    """lambda_max of H_L2 and H_cos of every sample from one Lanczos run on H_L2 per sample.
+
+    H_L2 = 2 G and H_cos = (G - c c^T) / ||g*||^2 with G = J^T J and c = J^T u, u = g*/||g*||, so
+    H_cos = (H_L2 - 2 c c^T) / (2 ||g*||^2): a scaled rank-one downdate of H_L2 along c. Lanczos on H_L2 started
+    at c therefore yields the cosine Ritz values too (:func:`~.eigen.lanczos`, ``variants``), at the cost of one
+    extra J^T u per sample. Returns ([{loss: {"LA": EigenResult}}] per sample, gradient norms).
+    """
+    op = BatchedHessian(gmap, xs, ys, "l2", vectorize=vectorize)
+    n2 = (op.g_norm.to(torch.float64) ** 2).clamp_min(torch.finfo(torch.float64).tiny)
+    u = op.g_star / op.g_norm.clamp_min(torch.finfo(op.g_star.dtype).tiny)[:, None]
+    c = op.pullback(u).to(torch.float64)
+    c_norm2 = (c * c).sum(1)
+    # a sample whose c vanishes (J^T u = 0) has H_cos = H_L2 / (2 ||g*||^2): any start vector serves
+    start = torch.where((c_norm2 > 0)[:, None], c, _starts(positions, c.shape[1], seed))
+    variants = {}
+    if "l2" in losses:
+        variants["l2"] = (1.0, 0.0)
+    if "cosine" in losses:
+        variants["cosine"] = (1.0 / (2 * n2), 2 * c_norm2)
+    res = lanczos(op, which="LA", tol=tol, maxiter=maxiter, start=start, variants=variants, criterion=criterion)
+    for r in res:  # the products of the shared run count once per sample; one more for c
+        for per_side in r.values():
+            per_side["LA"].iterations += 1
+    return res, [float(v) for v in op.g_norm]
+
+
+def _starts(positions, dim: int, seed: int) -> torch.Tensor:
+    """One seeded Gaussian start vector per table position ([len(positions), D], float64)."""
+    return torch.stack([torch.randn(dim, dtype=torch.float64,
+                                    generator=torch.Generator().manual_seed(seed * 1_000_003 + int(p)))
+                        for p in positions])
+
+
+def _separate_lanczos(gmap: GradientMap, xs, ys, losses, which, tol, maxiter, vectorize, seed, positions):
+    """One Lanczos run per (sample, loss) from a seeded random start (per sample), all samples in one batch."""
+    m = xs.shape[0]
+    pairs = [(k, loss) for k in range(m) for loss in losses]
+    op = BatchedHessian(gmap, xs[[k for k, _ in pairs]], ys[[k for k, _ in pairs]], [l for _, l in pairs],
+                        vectorize=vectorize)
+    gn = [float(op.g_norm[pairs.index((k, losses[0]))]) for k in range(m)]
+    start = _starts([positions[k] for k, _ in pairs], gmap.dim, seed)
+    res = lanczos(op, which=which, tol=tol, maxiter=maxiter, start=start)
+    out = [{} for _ in range(m)]
+    for (k, loss), r in zip(pairs, res):
+        out[k][loss] = r
     return out, gn
 
 
