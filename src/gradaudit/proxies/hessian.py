@@ -28,8 +28,9 @@ A Hessian-vector product never forms J. Two routes compute ``J v`` and ``J^T w``
       J^T w = d/dx <g_theta, w>        J v = d/dtheta <g_x, v>         (Schwarz: the mixed partials agree)
 
   and each product is one further backward pass through that cached graph; nothing is recomputed per
-  product. On ResNet-18 at 3x32x32 (one CPU thread) that is ~0.13 s for J v and ~0.12 s for J^T w, against
-  ~0.35 s for a forward-over-reverse ``jvp`` that re-evaluates the gradient map each time.
+  product. On ResNet-18 at 3x32x32 (one CPU thread) J v and J^T w take ~0.15 s each, against ~0.35 s for a
+  forward-over-reverse ``jvp`` that re-evaluates the gradient map each time (a whole Hessian-vector product:
+  0.33-0.39 s against 0.56-0.70 s, benchmarks/lavp_cost.py).
 * ``torch.func`` (``_hvp_core``, used where products of many samples are ``vmap``-ed together): ``J v`` is a
   forward-mode ``jvp`` of x -> g(x) (forward-over-reverse) and ``J^T w`` a ``vjp`` (reverse-over-reverse);
   both compose with ``vmap``, so the products of N samples (each with its own x*, y and v) are one call.
