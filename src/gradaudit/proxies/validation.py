@@ -475,8 +475,8 @@ def validate_proxies(dataset, model, indices: Sequence[int] | None = None, *, se
         "labels_known": labels_known,
         "attacks": {a: {"preset": p, **ov} for a, (p, ov) in configs.items()},
         "proxies": {"method": method, "which": list(which), **{k: v for k, v in table.meta.items()
-                                                               if k in ("tol", "maxiter", "bn_mode", "dim",
-                                                                        "num_params", "fusion")}},
+                                                               if k in ("tol", "criterion", "maxiter", "bn_mode",
+                                                                        "dim", "num_params", "fusion")}},
         "lpips": lpips_status,
         "orientation": "rho = Spearman(proxy, quality); quality = PSNR, SSIM as they are, -MSE, -LPIPS, and "
                        "-(remaining error) for the local analysis: rho > 0 means a larger proxy value went "
