@@ -95,7 +95,9 @@ def _as_batched(op, dim: int | None) -> tuple[object, bool]:
 
 def _apply(op, V: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     out = op(V if isinstance(op, _Single) else V.to(getattr(op, "x_stars", V).dtype), rows)
-    return torch.as_tensor(out).to(torch.float64).reshape(V.shape)
+    # the solver's state (Krylov basis, tridiagonal matrix) lives on the CPU in float64, whatever device the
+    # operator runs on; products come back here (D numbers per sample, cheap next to the product itself)
+    return torch.as_tensor(out).to(device=V.device, dtype=torch.float64).reshape(V.shape)
 
 
 def _start(n: int, dim: int, seed: int) -> torch.Tensor:
@@ -219,7 +221,8 @@ def lanczos(op, which: Literal["LA", "SA", "both"] = "both", *, dim: int | None 
     for name, spec in (variants or {"": (1.0, 0.0)}).items():
         if len(spec) != 2:
             raise ConfigError(f"variant '{name}' must be (scale, downdate), got {spec!r}")
-        members[name] = tuple(torch.as_tensor(v, dtype=torch.float64).reshape(-1).expand(n).clone() for v in spec)
+        members[name] = tuple(torch.as_tensor(v, dtype=torch.float64, device="cpu").reshape(-1).expand(n).clone()
+                              for v in spec)
     m = min(maxiter, D)
     Q = torch.zeros(n, m + 1, D, dtype=torch.float64)
     alpha = torch.zeros(n, m, dtype=torch.float64)
@@ -227,7 +230,7 @@ def lanczos(op, which: Literal["LA", "SA", "both"] = "both", *, dim: int | None 
     if start is None:
         Q[:, 0] = _start(n, D, seed)
     else:
-        start = torch.as_tensor(start, dtype=torch.float64).reshape(n, D)
+        start = torch.as_tensor(start, dtype=torch.float64, device="cpu").reshape(n, D)
         norms = start.norm(dim=1, keepdim=True)
         if not bool((norms > 0).all()) or not bool(torch.isfinite(start).all()):
             raise ConfigError("lanczos start vectors must be finite and non-zero")

@@ -405,9 +405,9 @@ def _joint_lambda_max(gmap: GradientMap, xs, ys, losses, tol, maxiter, vectorize
     extra J^T u per sample. Returns ([{loss: {"LA": EigenResult}}] per sample, gradient norms).
     """
     op = BatchedHessian(gmap, xs, ys, "l2", vectorize=vectorize)
-    n2 = (op.g_norm.to(torch.float64) ** 2).clamp_min(torch.finfo(torch.float64).tiny)
+    n2 = (op.g_norm.to("cpu", torch.float64) ** 2).clamp_min(torch.finfo(torch.float64).tiny)
     u = op.g_star / op.g_norm.clamp_min(torch.finfo(op.g_star.dtype).tiny)[:, None]
-    c = op.pullback(u).to(torch.float64)
+    c = op.pullback(u).to("cpu", torch.float64)  # the solver works on the CPU in float64
     c_norm2 = (c * c).sum(1)
     # a sample whose c vanishes (J^T u = 0) has H_cos = H_L2 / (2 ||g*||^2): any start vector serves
     start = torch.where((c_norm2 > 0)[:, None], c, _starts(positions, c.shape[1], seed))
