@@ -132,10 +132,12 @@ def test_batchnorm_train_mode_keeps_each_samples_statistics(make_model):
     xs[1] = 3 * xs[1] + 1  # different statistics
     v = torch.randn(2, 192, generator=g, dtype=torch.float64)
     B = batched_hvp_fn(model, xs, [1, 2], "l2", input_shape=shape, **F64)
+    loop = batched_hvp_fn(model, xs, [1, 2], "l2", input_shape=shape, vectorize=False, **F64)  # cached graphs
     for i in range(2):
         L = matching_loss(model, xs[i], [1, 2][i], "l2", input_shape=shape, **F64)
         _, hv = torch.autograd.functional.hvp(L, xs[i].reshape(-1), v[i])
         assert _rel(B(v)[i], hv) < 1e-4
+        assert _rel(loop(v)[i], hv) < 1e-4
 
 
 def test_batchnorm_eval_mode_uses_running_statistics(make_model):
