@@ -54,10 +54,11 @@ slow the bottom end further).
 
 Cost (benchmarks/lavp_cost.py, one CPU thread, 3x32x32): a Hessian-vector product through the sample's
 cached second-order graph (:class:`~.hessian.SampleLinearization`) takes ~3 ms (LeNet) / ~0.33 s
-(ResNet-18), against ~6 ms / ~0.56 s by ``torch.func`` jvp + vjp; lambda_max of L2 and cosine together take
-a mean of ~12 products (ResNet-18, tol 1e-3), about 4.6 s per sample, ~1.6% of a 1000-iteration Inverting
-Gradients attack on the same sample. ``vectorize=True`` (vmap over samples) is about as fast for LeNet and
-slower for ResNet-18 on CPU.
+(ResNet-18), against ~6 ms / ~0.56 s by ``torch.func`` jvp + vjp. lambda_max of L2 and cosine together take
+a mean of ~9.6 products on ResNet-18 at tol 1e-3 (criterion "gap"; 12 with "residual"), ~3.9 s per sample,
+1.4% of a 1000-iteration Inverting Gradients attack on the same sample (1.7% with "residual"). With
+``vectorize=True`` (vmap over samples) the products are about as fast for LeNet and ~2x slower for
+ResNet-18 on CPU.
 
 Labels. The Hessian needs the label the attack matches with. With known labels (the default) it is the true
 label. When labels are unknown the attacker recovers them first; pass the samples' own B = 1 observations
