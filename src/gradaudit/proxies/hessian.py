@@ -367,11 +367,13 @@ class BatchedHessian:
     each sample's cached :class:`SampleLinearization` (``vectorize=False``; same numbers to rounding, ~2x
     faster per product on CPU for ResNet-sized models, and it holds one second-order graph per sample).
     ``H(V, rows)`` applies only the Hessians of ``rows`` (V then has len(rows) rows): Lanczos uses it to
-    drop samples that have converged. ``pullback(W)`` gives J_i^T W_i per row.
+    drop samples that have converged. ``pullback(W)`` gives J_i^T W_i per row. ``linearizations`` (loop only)
+    reuses graphs already built for these rows, e.g. one per sample shared by its L2 and cosine rows.
     """
 
     def __init__(self, gmap: GradientMap, x_stars: torch.Tensor, ys, losses: Loss | list[str] = "l2",
-                 vectorize: bool = True, chunk: int | None = None) -> None:
+                 vectorize: bool = True, chunk: int | None = None,
+                 linearizations: list[SampleLinearization] | None = None) -> None:
         x_stars = torch.as_tensor(x_stars).to(gmap.device, gmap.dtype)
         n = x_stars.shape[0]
         self.x_stars = x_stars.reshape(n, *gmap.input_shape)
@@ -383,7 +385,14 @@ class BatchedHessian:
             _check_loss(name)
         self.gmap, self.vectorize, self.chunk = gmap, vectorize, chunk
         self.n, self.dim = n, gmap.dim
-        self._lin = None if vectorize else [SampleLinearization(gmap, x, y) for x, y in zip(self.x_stars, self.ys)]
+        if vectorize:
+            self._lin = None
+        elif linearizations is not None:  # the caller's graphs of these same (x*, y): no second build
+            if len(linearizations) != n:
+                raise ConfigError(f"{len(linearizations)} linearizations given for {n} samples")
+            self._lin = list(linearizations)
+        else:
+            self._lin = [SampleLinearization(gmap, x, y) for x, y in zip(self.x_stars, self.ys)]
         self.g_star = self._gradients()
         self.g_norm = self.g_star.norm(dim=1)
         coef = [_coefficients(self.g_star[i], self.losses[i]) for i in range(n)]

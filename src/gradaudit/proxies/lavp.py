@@ -38,9 +38,9 @@ eigenvalues are clustered (the three smallest of H_cos on image 0: 2.4e-9, 3.1e-
 Krylov methods then do not converge to lambda_min in any affordable number of products: on image 0, after
 150 Lanczos steps the smallest Ritz value was ~27x the true lambda_min for both losses (~70x after 100), an
 *upper bound* flagged ``converged=False``. lambda_max, by contrast, is well separated and converges in a few
-products (4-8 for LeNet, 8-17 for ResNet-18 at tol 1e-3, both losses together). ``method="dense"`` (J materialised, eigvalsh of the
-D x D Gauss-Newton forms in float64) is exact and affordable for LeNet-sized models (~12 s per sample on one
-CPU thread at 32x32); ResNet-18 (P = 11.2M) needs ``method="lanczos"``, and its lambda_min columns must be
+products (4-8 for LeNet, 8-17 for ResNet-18 at tol 1e-3, both losses together). ``method="dense"``
+(J materialised, eigvalsh of the D x D Gauss-Newton forms in float64) is exact and affordable for LeNet-sized
+models (~12 s per sample on one CPU thread at 32x32); ResNet-18 (P = 11.2M) needs ``method="lanczos"``, and its lambda_min columns must be
 read as upper bounds unless their ``*_converged`` flag is set.
 
 lambda_max of both losses from one run. H_L2 = 2 J^T J and H_cos = (J^T J - c c^T) / ||g*||^2 with
@@ -84,7 +84,7 @@ import torch
 from ..errors import ConfigError
 from ..threat.observation import Observation
 from .eigen import EigenResult, eigsh_extreme, lanczos, power_iteration, power_iteration_min
-from .hessian import LOSSES, BatchedHessian, GradientMap, SampleHessian, jacobian
+from .hessian import LOSSES, BatchedHessian, GradientMap, SampleHessian, SampleLinearization, jacobian
 
 Method = Literal["lanczos", "dense", "arpack", "power"]
 METHODS: tuple[str, ...] = ("lanczos", "dense", "arpack", "power")
@@ -358,13 +358,17 @@ def _solve_chunk(gmap: GradientMap, xs, ys, losses, which, method, tol, maxiter,
         return out, gn
     if method == "lanczos":
         gn = None
+        # without vmap every sample's products go through its cached graph: build it once for all the runs
+        lins = None if vectorize else [SampleLinearization(gmap, x, y) for x, y in zip(xs, ys)]
         if "max" in which:
-            top, gn = _joint_lambda_max(gmap, xs, ys, losses, tol, maxiter, vectorize, seed, criterion, positions)
+            top, gn = _joint_lambda_max(gmap, xs, ys, losses, tol, maxiter, vectorize, seed, criterion, positions,
+                                        lins)
             for k in range(m):
                 for loss in losses:
                     out[k][loss]["max"] = top[k][loss]["LA"]
         if "min" in which:
-            low, gn_min = _separate_lanczos(gmap, xs, ys, losses, "SA", tol, maxiter, vectorize, seed, positions)
+            low, gn_min = _separate_lanczos(gmap, xs, ys, losses, "SA", tol, maxiter, vectorize, seed, positions,
+                                            lins)
             gn = gn if gn is not None else gn_min
             for k in range(m):
                 for loss in losses:
@@ -397,7 +401,8 @@ def _solve_chunk(gmap: GradientMap, xs, ys, losses, which, method, tol, maxiter,
     return out, gn
 
 
-def _joint_lambda_max(gmap: GradientMap, xs, ys, losses, tol, maxiter, vectorize, seed, criterion, positions):
+def _joint_lambda_max(gmap: GradientMap, xs, ys, losses, tol, maxiter, vectorize, seed, criterion, positions,
+                      lins=None):
     """lambda_max of H_L2 and H_cos of every sample from one Lanczos run on H_L2 per sample.
 
     H_L2 = 2 G and H_cos = (G - c c^T) / ||g*||^2 with G = J^T J and c = J^T u, u = g*/||g*||, so
@@ -405,7 +410,7 @@ def _joint_lambda_max(gmap: GradientMap, xs, ys, losses, tol, maxiter, vectorize
     at c therefore yields the cosine Ritz values too (:func:`~.eigen.lanczos`, ``variants``), at the cost of one
     extra J^T u per sample. Returns ([{loss: {"LA": EigenResult}}] per sample, gradient norms).
     """
-    op = BatchedHessian(gmap, xs, ys, "l2", vectorize=vectorize)
+    op = BatchedHessian(gmap, xs, ys, "l2", vectorize=vectorize, linearizations=lins)
     n2 = (op.g_norm.to("cpu", torch.float64) ** 2).clamp_min(torch.finfo(torch.float64).tiny)
     u = op.g_star / op.g_norm.clamp_min(torch.finfo(op.g_star.dtype).tiny)[:, None]
     c = op.pullback(u).to("cpu", torch.float64)  # the solver works on the CPU in float64
@@ -431,12 +436,15 @@ def _starts(positions, dim: int, seed: int) -> torch.Tensor:
                         for p in positions])
 
 
-def _separate_lanczos(gmap: GradientMap, xs, ys, losses, which, tol, maxiter, vectorize, seed, positions):
-    """One Lanczos run per (sample, loss) from a seeded random start (per sample), all samples in one batch."""
+def _separate_lanczos(gmap: GradientMap, xs, ys, losses, which, tol, maxiter, vectorize, seed, positions,
+                      lins=None):
+    """One Lanczos run per (sample, loss) from a seeded random start (per sample), all samples in one batch.
+
+    ``lins``: one cached graph per sample (loop mode), shared by that sample's L2 and cosine operators."""
     m = xs.shape[0]
     pairs = [(k, loss) for k in range(m) for loss in losses]
     op = BatchedHessian(gmap, xs[[k for k, _ in pairs]], ys[[k for k, _ in pairs]], [l for _, l in pairs],
-                        vectorize=vectorize)
+                        vectorize=vectorize, linearizations=None if lins is None else [lins[k] for k, _ in pairs])
     gn = [float(op.g_norm[pairs.index((k, losses[0]))]) for k in range(m)]
     start = _starts([positions[k] for k, _ in pairs], gmap.dim, seed)
     res = lanczos(op, which=which, tol=tol, maxiter=maxiter, start=start)
