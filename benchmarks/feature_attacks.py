@@ -20,7 +20,6 @@ Run:  OMP_NUM_THREADS=1 .venv/bin/python benchmarks/feature_attacks.py [--repeat
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import statistics
 import time

@@ -102,7 +102,7 @@ def main() -> None:
         rows.append((name, s.mean_psnr, s.mean_ssim, s.mean_lpips, seconds, rec.iterations, extra))
         print(f"  {name}: PSNR {s.mean_psnr:.2f} dB, SSIM {s.mean_ssim:.3f}, {seconds:.0f} s {extra}", flush=True)
 
-    print(f"\n| attack | iterations | PSNR (dB) | SSIM | LPIPS | time (s) |")
+    print("\n| attack | iterations | PSNR (dB) | SSIM | LPIPS | time (s) |")
     print("| --- | --- | --- | --- | --- | --- |")
     for name, psnr, ssim, lp, seconds, n, _ in rows:
         lp_s = "n/a" if lp is None or lp != lp else f"{lp:.3f}"

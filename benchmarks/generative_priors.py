@@ -177,7 +177,7 @@ def main() -> None:
         print("| defense | B | GI-x PSNR / SSIM | GIAS PSNR / SSIM |")
         print("|---|---|---|---|")
         name, ds, pool, split, priors = setups[0]
-        print(f"| none | 1 | (table above) | |")
+        print("| none | 1 | (table above) | |")
         for defense, B in (("noise:0.001", 1), ("noise:0.01", 1), (None, 8)):
             batches = held_out_batches(name, ds, priors, pool, B, args.n, split)
             rows = run_cell(Cell(name, ds, batches, priors, defense=defense), ("gi-x", "gias"), args.budget)

@@ -20,6 +20,8 @@ from gradaudit.errors import ConfigError, ObservationError
 from gradaudit.models import MODELS
 from gradaudit.threat import Observation
 
+from _files import edit_meta
+
 FAST = ["--set", "attack.iterations=2"]
 
 
@@ -52,10 +54,8 @@ def _copy_observation(run_dir, dest):
 
 
 def _edit_json(stem, edit):
-    js = stem.with_suffix(".json")
-    meta = json.loads(js.read_text())
-    edit(meta)
-    js.write_text(json.dumps(meta))
+    """Edit a metadata field and reseal the checksum, to reach the checks behind it."""
+    edit_meta(stem, edit)
 
 
 # ------------------------------------------------------------------------------------------------ list

@@ -7,6 +7,7 @@ A YAML file is just the serialised form of :class:`RunConfig`; CLI overrides are
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -18,7 +19,8 @@ from .errors import ConfigError
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    #: unknown keys are refused, and so are inf / nan wherever a number is read
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class DataConfig(_Strict):
@@ -33,6 +35,12 @@ class DataConfig(_Strict):
 class ModelConfig(_Strict):
     name: str = "lenet"
     kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("kwargs")
+    @classmethod
+    def _kwargs(cls, v: dict[str, Any]) -> dict[str, Any]:
+        _check_finite(v, "model.kwargs")
+        return v
 
 
 class ThreatConfig(_Strict):
@@ -66,6 +74,19 @@ class AttackConfig(_Strict):
     #: generative prior's ``generator``); checked against the attack when it is built
     params: Optional[dict[str, Any]] = None
 
+    @field_validator("params")
+    @classmethod
+    def _params(cls, v: Optional[dict[str, Any]]) -> Optional[dict[str, Any]]:
+        for key in (v or {}):
+            if key in _CALLER_ONLY:
+                raise ValueError(f"'{key}' is not an attack hyper-parameter: it is the caller's choice "
+                                 "(a command-line option or an API argument), never a config's")
+            if key in ("device", "seed"):
+                raise ValueError(f"'{key}' is not an attack hyper-parameter; set it at the top level of the "
+                                 f"config ({key}: ...)")
+        _check_finite(v, "attack.params")
+        return v
+
     def overrides(self) -> dict[str, Any]:
         out = {k: v for k, v in self.model_dump().items() if k not in ("preset", "params") and v is not None}
         for k, v in (self.params or {}).items():
@@ -73,6 +94,22 @@ class AttackConfig(_Strict):
                 raise ConfigError(f"attack hyper-parameter '{k}' is given twice (as attack.{k} and in attack.params)")
             out[k] = v
         return out
+
+
+#: options only the caller may set (on the command line or in an API call), never a file
+_CALLER_ONLY = ("trust_code", "allow_legacy")
+
+
+def _check_finite(value: Any, where: str) -> None:
+    """Refuse inf / nan anywhere inside a free-form value (dicts and lists are searched)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{where} holds {value}; numbers must be finite")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_finite(v, f"{where}.{k}")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_finite(v, f"{where}[{i}]")
 
 
 class RunConfig(_Strict):
@@ -144,22 +181,50 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         try:
             value = yaml.safe_load(raw) if raw != "" else None
         except yaml.YAMLError as e:
-            raise ConfigError(f"override '{item}': cannot parse value: {e}") from None
+            raise ConfigError(f"override '{item}': cannot parse value: {yaml_error_line(e)}") from None
         set_dotted(data, key.strip(), value)
     return data
 
 
-def read_yaml_mapping(path: str | Path, what: str = "config") -> dict[str, Any]:
-    """Read a YAML file whose top level is a mapping; user errors become ConfigError."""
+#: largest config / sweep file read (real ones are a few KB)
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
+
+
+def yaml_error_line(e: yaml.YAMLError) -> str:
+    """A YAML syntax error as one short line: what and where (line, column)."""
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    what = getattr(e, "problem", None) or getattr(e, "context", None) or str(e).splitlines()[0]
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{what}{where}"
+
+
+def read_yaml_mapping(path: str | Path, what: str = "config", allow_empty: bool = True) -> dict[str, Any]:
+    """Read a YAML file whose top level is a mapping; user errors become one-line ConfigErrors.
+
+    Refused: a missing file or a folder, a file over 4 MiB, bytes that are not UTF-8 text, a YAML syntax
+    error (its line and column are named), a top level that is not a mapping, and (``allow_empty=False``) an
+    empty file."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"{what} file not found: {p}")
+        raise ConfigError(f"{what} file not found: {p}" if not p.exists() else f"{what} '{p}' is not a file")
+    if p.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{what} file {p} is larger than {MAX_CONFIG_BYTES // 2**20} MiB; not a config")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} file {p} is not UTF-8 text (a binary file?)") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{p} is not valid YAML: {e}") from None
+        raise ConfigError(f"{p} is not valid YAML: {yaml_error_line(e)}") from None
+    except RecursionError:
+        raise ConfigError(f"{p} is nested too deeply") from None
+    if data is None:
+        if not allow_empty:
+            raise ConfigError(f"{what} file {p} is empty")
+        data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{p} must contain a mapping at the top level")
+        raise ConfigError(f"{p} must contain a mapping at the top level, got {type(data).__name__}")
     return data
 
 

@@ -4,7 +4,6 @@ These run the full pipeline (embedded image -> client update -> Observation -> a
 labels unknown to the server and recovered from the update (iDLG).
 """
 
-import pytest
 import torch
 
 from gradaudit.config import load_config

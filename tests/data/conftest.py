@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import gzip
 import pickle
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -12,32 +10,20 @@ import pytest
 
 from gradaudit.data import fashion_mnist
 
+from _datasets import idx_bytes, write_idx
+
 
 @pytest.fixture(autouse=True)
 def isolated_data_env(tmp_path_factory, monkeypatch):
-    """Point every search location at empty temporary folders so no installed data is found by accident."""
+    """Point every search location at empty temporary folders so no installed data is found by accident; the
+    system folders are searched again (their Debian path now points at an empty folder) so tests can put
+    fixtures there."""
     empty = tmp_path_factory.mktemp("nowhere")
+    monkeypatch.setenv("GRADAUDIT_SYSTEM_DATA", "on")
     monkeypatch.delenv("GRADAUDIT_DATA", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(empty / "cache"))
     monkeypatch.setattr(fashion_mnist, "DEBIAN_DIR", empty / "debian-fashion-mnist")
     return empty
-
-
-_IDX_CODES = {np.dtype("uint8"): 0x08, np.dtype("int8"): 0x09, np.dtype("int16"): 0x0B,
-              np.dtype("int32"): 0x0C, np.dtype("float32"): 0x0D, np.dtype("float64"): 0x0E}
-
-
-def idx_bytes(array: np.ndarray) -> bytes:
-    """Encode ``array`` in the IDX format (written independently of the reader under test)."""
-    array = np.asarray(array)
-    header = bytes([0, 0, _IDX_CODES[array.dtype], array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-    return header + array.astype(array.dtype.newbyteorder(">")).tobytes()
-
-
-def write_idx(path: Path, array: np.ndarray, gz: bool = False) -> Path:
-    data = idx_bytes(array)
-    path.write_bytes(gzip.compress(data, mtime=0) if gz else data)
-    return path
 
 
 @pytest.fixture

@@ -90,6 +90,12 @@ def test_every_search_location_is_used(tmp_path, fmnist_dir, monkeypatch):
     shutil.rmtree(tmp_path / "xdg")
     monkeypatch.setattr(fashion_mnist, "DEBIAN_DIR", only_in(tmp_path / "usr-share" / "fashion-mnist"))
     assert len(load_dataset("fashion-mnist")) == 6  # the Debian package folder
+    for off in ("off", "0", "false", "NO"):  # what CI sets: the system folders are not searched
+        monkeypatch.setenv("GRADAUDIT_SYSTEM_DATA", off)
+        with pytest.raises(DataNotFoundError) as err:
+            load_dataset("fashion-mnist")
+        assert "usr-share" not in str(err.value)
+    monkeypatch.setenv("GRADAUDIT_SYSTEM_DATA", "on")
     shutil.rmtree(tmp_path / "usr-share")
     with pytest.raises(DataNotFoundError):
         load_dataset("fashion-mnist")
@@ -139,8 +145,9 @@ DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 
 
 @pytest.mark.skipif(not (DEBIAN / "t10k-images-idx3-ubyte.gz").is_file(),
-                    reason="Debian package dataset-fashion-mnist is not installed (/usr/share/datasets/fashion-mnist)")
+                    reason="optional real-data check: Debian's dataset-fashion-mnist is not installed")
 def test_real_debian_files(monkeypatch):
+    """Only where the real files are installed (never in CI): the reader on the real test split."""
     monkeypatch.setattr(fashion_mnist, "DEBIAN_DIR", DEBIAN)
     ds = load_dataset("fashion-mnist", split="test")
     assert ds.images.shape == (10000, 1, 28, 28)

@@ -96,7 +96,7 @@ def test_a_dying_worker_fails_only_its_own_cell(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))  # spawned workers inherit sys.path
     spec = {**SPEC, "base": {**SPEC["base"], "model": {"name": "gradaudit_test_crashy:make"}},
             "defenses": [[]], "batch_sizes": [1, 2], "samples": 2, "retries": 1}
-    summary = run_sweep(spec, tmp_path / "run", workers=2, threads=1, progress=False)
+    summary = run_sweep(spec, tmp_path / "run", workers=2, threads=1, progress=False, trust_code=True)
     assert (summary.done, summary.failed) == (2, 2)
     with ResultsStore(tmp_path / "run") as store:
         rows = list(store.cells(status=None))

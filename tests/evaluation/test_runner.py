@@ -21,6 +21,7 @@ import yaml
 from safetensors.torch import load_file
 
 from gradaudit.cli import main
+from gradaudit.errors import ConfigError
 from gradaudit.evaluation.runner import SWEEP_FILE, load_cell_images, run_sweep
 from gradaudit.evaluation.store import ResultsStore
 from gradaudit.evaluation.sweep import expand
@@ -60,6 +61,12 @@ def _check_complete_rows(run_dir) -> list[dict]:
             assert r["psnr"] is not None and r["metrics_json"]
             tensors = load_file(str(run_dir / r["images_path"]))
             assert tensors["truth"].shape == tensors["reconstruction"].shape == (r["batch_size"], 3, 16, 16)
+    # every done row has its image file and there is no other (temporaries of a killed run excepted)
+    expected = [r["key"] for r in rows if r["status"] == "done"]
+    cells = run_dir / "cells"
+    found = sorted(p.name for p in cells.iterdir() if not p.name.startswith(".")) if cells.is_dir() else []
+    assert found == sorted(f"{k}.safetensors" for k in expected)
+    assert (run_dir / SWEEP_FILE).is_file()
     return rows
 
 
@@ -165,8 +172,6 @@ def _alive(pids: set[int]) -> set[int]:
         if state != "Z":
             out.add(pid)
     return out
-    assert sorted(p.name for p in (run_dir / "cells").iterdir()) == sorted(f"{k}.safetensors" for k in expected)
-    assert (run_dir / SWEEP_FILE).is_file()
 
 
 # ------------------------------------------------------------------------------------- failing cells, timeout
@@ -203,7 +208,10 @@ def test_a_failing_cell_is_recorded_after_its_retries_and_the_rest_finish(tmp_pa
     spec = {"base": {**BASE, "model": {"name": picky_model}},
             "attacks": [{"preset": "inverting-gradients", "overrides": {"iterations": 3}}],
             "defenses": [[], ["noise:0.01"]], "batch_sizes": [1, 2], "retries": 2}
-    summary = run_sweep(spec, tmp_path / "run", workers=1, threads=1, progress=False)
+    with pytest.raises(ConfigError, match="--trust-model-code"):  # a sweep file cannot make its own code run
+        run_sweep(spec, tmp_path / "run", workers=1, threads=1, progress=False)
+    assert not (tmp_path / "run").exists()
+    summary = run_sweep(spec, tmp_path / "run", workers=1, threads=1, progress=False, trust_code=True)
     assert (summary.total, summary.done, summary.failed, summary.skipped) == (4, 2, 2, 0)
     rows = _check_complete_rows(tmp_path / "run")
     failed = [r for r in rows if r["status"] == "failed"]
@@ -215,7 +223,7 @@ def test_a_failing_cell_is_recorded_after_its_retries_and_the_rest_finish(tmp_pa
     assert all(r["attempts"] == 1 for r in rows if r["status"] == "done")
     assert {f["error"] for f in summary.failures} == {"RuntimeError: picky model refuses batches of 2"}
     # a rerun keeps the failed rows as they are (they are results) and runs nothing
-    again = run_sweep(spec, tmp_path / "run", workers=1, threads=1, progress=False)
+    again = run_sweep(spec, tmp_path / "run", workers=1, threads=1, progress=False, trust_code=True)
     assert (again.done, again.failed, again.skipped, again.stored_failed) == (0, 0, 4, 2)
 
 
@@ -223,10 +231,11 @@ def test_retry_failed_reruns_only_the_failed_cells_and_keeps_the_done_rows(tmp_p
     spec = {"base": {**BASE, "model": {"name": picky_model}},
             "attacks": [{"preset": "inverting-gradients", "overrides": {"iterations": 3}}],
             "defenses": [[]], "batch_sizes": [1, 2], "retries": 0}
-    first = run_sweep(spec, tmp_path / "run", workers=1, threads=1, progress=False)
+    first = run_sweep(spec, tmp_path / "run", workers=1, threads=1, progress=False, trust_code=True)
     assert (first.done, first.failed) == (1, 1)
     done_before = {r["key"]: r["finished_at"] for r in _rows(tmp_path / "run") if r["status"] == "done"}
-    again = run_sweep(spec, tmp_path / "run", workers=1, threads=1, progress=False, retry_failed=True)
+    again = run_sweep(spec, tmp_path / "run", workers=1, threads=1, progress=False, retry_failed=True,
+                      trust_code=True)
     # only the failed cell ran again (and failed again: the model still refuses B=2); the done row is untouched
     assert (again.retried, again.done, again.failed, again.skipped) == (1, 0, 1, 1)
     rows = _check_complete_rows(tmp_path / "run")

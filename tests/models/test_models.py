@@ -111,7 +111,7 @@ def test_user_factory_receives_num_classes_and_input_shape(tmp_path, monkeypatch
             c, h, w = input_shape
             return nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, hidden), nn.Linear(hidden, num_classes))
     """)
-    model = build_model(ModelSpec(f"{mod}:make", 5, (1, 28, 28), {"hidden": 7}))
+    model = build_model(ModelSpec(f"{mod}:make", 5, (1, 28, 28), {"hidden": 7}), trust_code=True)
     import ga_user_models_a
 
     assert ga_user_models_a.CALLS == [(5, (1, 28, 28), 7)]
@@ -128,9 +128,9 @@ def test_user_factory_without_num_classes_arg(tmp_path, monkeypatch):
             SEEN = dict(kwargs)
             return nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, kwargs["num_classes"]))
     """)
-    model = build_model(ModelSpec(f"{mod}:fixed", 10, (3, 32, 32)))
+    model = build_model(ModelSpec(f"{mod}:fixed", 10, (3, 32, 32)), trust_code=True)
     assert model(torch.rand(2, 3, 32, 32)).shape == (2, 4)
-    model = build_model(ModelSpec(f"{mod}:anything", 6, (3, 32, 32)))
+    model = build_model(ModelSpec(f"{mod}:anything", 6, (3, 32, 32)), trust_code=True)
     import ga_user_models_b
 
     assert ga_user_models_b.SEEN == {"num_classes": 6, "input_shape": (3, 32, 32)}
@@ -146,17 +146,43 @@ def test_user_factory_returning_non_module_is_config_error(tmp_path, monkeypatch
         NOT_CALLABLE = 3
     """)
     with pytest.raises(ConfigError, match="str.*nn.Module"):
-        build_model(ModelSpec(f"{mod}:bad", 10, (3, 32, 32)))
+        build_model(ModelSpec(f"{mod}:bad", 10, (3, 32, 32)), trust_code=True)
     with pytest.raises(ConfigError, match="rejected its arguments"):
-        build_model(ModelSpec(f"{mod}:picky", 10, (3, 32, 32), {"unexpected": 1}))
+        build_model(ModelSpec(f"{mod}:picky", 10, (3, 32, 32), {"unexpected": 1}), trust_code=True)
     with pytest.raises(ConfigError, match="not callable"):
-        build_model(ModelSpec(f"{mod}:NOT_CALLABLE", 10, (3, 32, 32)))
+        build_model(ModelSpec(f"{mod}:NOT_CALLABLE", 10, (3, 32, 32)), trust_code=True)
     with pytest.raises(ConfigError, match="no attribute 'missing'"):
-        build_model(ModelSpec(f"{mod}:missing", 10, (3, 32, 32)))
+        build_model(ModelSpec(f"{mod}:missing", 10, (3, 32, 32)), trust_code=True)
     with pytest.raises(ConfigError, match="cannot import module 'ga_no_such_module_xyz'"):
-        build_model(ModelSpec("ga_no_such_module_xyz:f", 10, (3, 32, 32)))
+        build_model(ModelSpec("ga_no_such_module_xyz:f", 10, (3, 32, 32)), trust_code=True)
     with pytest.raises(ConfigError, match="package.module:factory"):
-        build_model(ModelSpec(":f", 10, (3, 32, 32)))
+        build_model(ModelSpec(":f", 10, (3, 32, 32)), trust_code=True)
+
+
+def test_user_factory_is_refused_before_import_unless_trusted(tmp_path, monkeypatch):
+    """No code from data: a factory name is never imported (let alone called) without an explicit trust."""
+    import sys
+
+    from gradaudit.trust import UntrustedCodeError, trusting_code
+
+    mod = _write_module(tmp_path, monkeypatch, "ga_user_models_trust", """
+        import pathlib
+        pathlib.Path(__file__).with_name("IMPORTED").write_text("x")
+        from torch import nn
+        def make(num_classes):
+            return nn.Linear(2, num_classes)
+    """)
+    for spec in (ModelSpec(f"{mod}:make", 3, (1, 1, 2)), ModelSpec("os:system", 3, (1, 1, 2), {"command": "true"})):
+        with pytest.raises(UntrustedCodeError, match="--trust-model-code"):
+            build_model(spec)
+    with pytest.raises(ConfigError, match="base must be one of"):  # the malicious models name registered bases only
+        build_model(ModelSpec("imprint", 3, (1, 8, 8), {"base": f"{mod}:make"}))
+    assert mod not in sys.modules and not (tmp_path / "IMPORTED").exists()
+    assert isinstance(build_model(ModelSpec(f"{mod}:make", 3, (1, 1, 2), trust_code=True)), nn.Module)
+    with trusting_code():
+        assert isinstance(build_model(ModelSpec(f"{mod}:make", 3, (1, 1, 2))), nn.Module)
+    spec = ModelSpec(f"{mod}:make", 3, (1, 1, 2), trust_code=True)
+    assert "trust_code" not in spec.to_dict() and not ModelSpec.from_dict(spec.to_dict()).trust_code
 
 
 def test_unknown_model_name_lists_valid_names():

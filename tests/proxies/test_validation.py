@@ -13,10 +13,12 @@ from gradaudit.proxies.validation import (QUALITY_SIGN, ValidationResult, attack
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    """3 Fashion-MNIST samples, LeNet, exact proxies (max and min), a few attack and local steps."""
+def tiny(fashion_mnist_root):
+    """3 Fashion-MNIST samples (the suite's own IDX fixture), LeNet, exact proxies (max and min), a few attack and
+    local steps."""
     return validate_proxies("fashion-mnist", "lenet", [0, 1, 2], iterations=3, optimizers={"cosine": "lbfgs"},
-                            which=("max", "min"), method="dense", n_boot=50, local_steps=3)
+                            which=("max", "min"), method="dense", n_boot=50, local_steps=3,
+                            data_root=str(fashion_mnist_root))
 
 
 def test_tiny_run_structure(tiny: ValidationResult):
@@ -104,11 +106,12 @@ def test_rejects_bad_settings():
     assert cfg["cosine"][0] == "inverting-gradients" and cfg["cosine"][1]["iterations"] == 60
 
 
-def test_cli_validate(tmp_path, capsys):
+def test_cli_validate(tmp_path, capsys, fashion_mnist_root):
     from gradaudit.cli import main
 
     out = tmp_path / "val"
-    assert main(["vulnerability", "--validate", "--dataset", "fashion-mnist", "--limit", "3", "--iterations", "2",
+    assert main(["vulnerability", "--validate", "--dataset", "fashion-mnist", "--data-root", str(fashion_mnist_root),
+                 "--limit", "3", "--iterations", "2",
                  "--cosine-optimizer", "lbfgs", "--n-boot", "20", "--local-steps", "2", "--out", str(out)]) == 0
     for f in ("validation.csv", "correlations.csv", "validation.md", "validation.json"):
         assert (out / f).is_file(), f
@@ -116,10 +119,11 @@ def test_cli_validate(tmp_path, capsys):
     assert main(["vulnerability", "--validate", "--limit", "3", "--which", "both", "--out", str(tmp_path)]) == 2
 
 
-def test_recovered_labels_path():
+def test_recovered_labels_path(fashion_mnist_root):
     """Labels unknown to the server: attacks and proxies use the iDLG label (exact for B = 1 here)."""
     res = validate_proxies("fashion-mnist", "lenet", [3, 4, 5], iterations=1, optimizers={"cosine": "lbfgs"},
-                           labels_known=False, n_boot=10, local_steps=1, lpips=None)
+                           labels_known=False, n_boot=10, local_steps=1, lpips=None,
+                           data_root=str(fashion_mnist_root))
     for r in res.rows:
         assert r["label_source"] == "idlg" and r["label"] == r["true_label"]
         assert r["l2_label_accuracy"] == 1.0

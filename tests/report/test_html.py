@@ -114,8 +114,12 @@ def test_report_survives_missing_or_broken_image_files(tmp_path):
 
 
 def test_report_of_an_empty_or_missing_run(tmp_path):
-    with pytest.raises(ConfigError, match="no results store"):
+    with pytest.raises(ConfigError, match="does not exist"):
         write_report(tmp_path / "nothing")
+    (tmp_path / "nothing").mkdir()
+    with pytest.raises(ConfigError, match="holds no results.sqlite"):
+        write_report(tmp_path / "nothing")
+    assert not any((tmp_path / "nothing").iterdir())  # nothing created
     ResultsStore(tmp_path / "empty").close()
     page = write_report(tmp_path / "empty").read_text()
     assert "No finished cells yet" in page and "Utility not measured" in page

@@ -9,9 +9,11 @@ import pickle
 import pytest
 import torch
 
-from gradaudit.errors import GradauditError, ObservationError
+from gradaudit.errors import ObservationError
 from gradaudit.models import ModelSpec, build_model
 from gradaudit.threat import Client, DataSpec, Observation, ServerKnowledge
+
+from _files import edit_meta, make_legacy
 
 SHAPE = (3, 16, 16)
 DATA = DataSpec("toy", (0.4, 0.5, 0.6), (0.2, 0.25, 0.3))
@@ -118,19 +120,64 @@ def test_modified_byte_is_refused(tmp_path):
         Observation.load(tmp_path / "obs")
 
 
-def test_json_checksum_is_sha256_of_tensor_file(tmp_path):
+def test_json_checksum_covers_tensor_file_and_metadata(tmp_path):
     st, js = _share(LENET).save(tmp_path / "obs")
-    assert json.loads(js.read_text())["sha256"] == hashlib.sha256(st.read_bytes()).hexdigest()
+    meta = json.loads(js.read_text())
+    body = {k: v for k, v in meta.items() if k != "integrity"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    h = hashlib.sha256(b"gradaudit-checked-pair/2\n")
+    h.update(hashlib.sha256(st.read_bytes()).digest())
+    h.update(canonical)
+    assert meta["integrity"] == {"scheme": "sha256/tensors+metadata/v2", "sha256": h.hexdigest()}
+
+
+@pytest.mark.parametrize("edit", [
+    lambda m: m.update(batch_size=2), lambda m: m.update(labels_known=False), lambda m: m.update(defenses=["x"]),
+    lambda m: m["model"].update(name="convnet"), lambda m: m["data"].update(mean=[0.4, 0.5, 0.5]),
+    lambda m: m.update(extras={"note": 1}), lambda m: m.update(local_lr=0.5),
+])
+def test_any_edited_metadata_field_is_refused(tmp_path, edit):
+    _share(LENET).save(tmp_path / "obs")
+    edit_meta(tmp_path / "obs", edit, reseal=False)
+    with pytest.raises(ObservationError, match="do not match their checksum"):
+        Observation.load(tmp_path / "obs")
+
+
+def test_reformatted_json_with_same_content_still_loads(tmp_path):
+    _, js = _share(LENET).save(tmp_path / "obs")
+    js.write_text(json.dumps(json.loads(js.read_text()), indent=7, sort_keys=True))  # same fields, other layout
+    assert Observation.load(tmp_path / "obs").batch_size == 3
+
+
+@pytest.mark.parametrize("tensor_checksum", [True, False])
+def test_file_without_metadata_checksum_is_refused_unless_legacy_allowed(tmp_path, tensor_checksum):
+    obs = _share(LENET)
+    obs.save(tmp_path / "obs")
+    make_legacy(tmp_path / "obs", tensor_checksum)
+    with pytest.raises(ObservationError, match="no checksum over its metadata.*--allow-legacy"):
+        Observation.load(tmp_path / "obs")
+    back = Observation.load(tmp_path / "obs", allow_legacy=True)
+    assert torch.equal(back.update["fc.weight"], obs.update["fc.weight"])
+    assert back.legacy and "not verified" in back.legacy
+    assert ("only its tensors" in back.legacy) == tensor_checksum
+
+
+def test_legacy_tensor_checksum_is_still_checked(tmp_path):
+    st, _ = _share(LENET).save(tmp_path / "obs")
+    make_legacy(tmp_path / "obs")
+    raw = bytearray(st.read_bytes())
+    raw[-5] ^= 0x01
+    st.write_bytes(bytes(raw))
+    with pytest.raises(ObservationError, match="checksum"):
+        Observation.load(tmp_path / "obs", allow_legacy=True)
 
 
 def test_garbage_tensor_file_without_checksum_is_observation_error(tmp_path):
     st, js = _share(LENET).save(tmp_path / "obs")
-    meta = json.loads(js.read_text())
-    del meta["sha256"]
-    js.write_text(json.dumps(meta))
+    make_legacy(tmp_path / "obs", tensor_checksum=False)
     st.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
     with pytest.raises(ObservationError, match="not a valid safetensors"):
-        Observation.load(tmp_path / "obs")
+        Observation.load(tmp_path / "obs", allow_legacy=True)
 
 
 @pytest.mark.parametrize("missing", ["json", "safetensors"])
@@ -153,21 +200,62 @@ def test_invalid_or_foreign_json_is_observation_error(tmp_path):
 
 @pytest.mark.parametrize("field", ["batch_size", "data", "model"])
 def test_json_missing_required_field_is_a_user_error(tmp_path, field):
-    _, js = _share(LENET).save(tmp_path / "obs")
-    meta = json.loads(js.read_text())
-    del meta[field]
-    js.write_text(json.dumps(meta))
-    with pytest.raises(GradauditError):
+    _share(LENET).save(tmp_path / "obs")
+    edit_meta(tmp_path / "obs", lambda m: m.pop(field))
+    with pytest.raises(ObservationError, match=field):
         Observation.load(tmp_path / "obs")
 
 
 def test_json_batch_size_zero_is_refused_on_load(tmp_path):
-    _, js = _share(LENET, b=2).save(tmp_path / "obs")
-    meta = json.loads(js.read_text())
-    meta["batch_size"] = 0
-    js.write_text(json.dumps(meta))
+    _share(LENET, b=2).save(tmp_path / "obs")
+    edit_meta(tmp_path / "obs", lambda m: m.update(batch_size=0))
     with pytest.raises(ObservationError, match="batch_size must be >= 1"):
         Observation.load(tmp_path / "obs")
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m.update(batch_size="abc"), "'batch_size' must be int, got 'abc'"),
+    (lambda m: m.update(batch_size=None), "'batch_size' must be int, got None"),
+    (lambda m: m.update(batch_size=True), "'batch_size' must be int"),
+    (lambda m: m.update(batch_size=1.5), "'batch_size' must be int"),
+    (lambda m: m.update(local_steps="3"), "'local_steps' must be int"),
+    (lambda m: m.update(local_lr="fast"), "'local_lr' must be int or float or null"),
+    (lambda m: m.update(labels_known="yes"), "'labels_known' must be bool"),
+    (lambda m: m.update(labels_known=False), "'labels_known' is false but the tensor file has labels"),
+    (lambda m: m.update(bn_statistics_known=True, num_bn_layers=2), "lacks 'bn/0/mean'"),
+    (lambda m: m.update(bn_statistics_known=True), "lacks BN statistics"),
+    (lambda m: (m.update(bn_statistics_known=True), m.pop("num_bn_layers")), "lacks required field 'num_bn_layers'"),
+    (lambda m: m.update(defenses="noise:0.1"), "'defenses' must be list"),
+    (lambda m: m.update(defenses=[1, 2]), "defenses must be a list of strings"),
+    (lambda m: m.update(extras=[1]), "'extras' must be dict"),
+    (lambda m: m.update(data={"name": "x", "mean": "abc", "std": [1, 1, 1]}), "finite numbers"),
+    (lambda m: m.update(data={"name": "x", "mean": [0, 0, 0], "std": [1, 0, 1]}), "'data.std' must be positive"),
+    (lambda m: m.update(data=[1]), "'data' must be dict"),
+    (lambda m: m.update(model={"name": "lenet"}), "model spec needs"),
+    (lambda m: m["model"].update(input_shape=[3, 32]), "3 positive integers"),
+    (lambda m: m["model"].update(kwargs=[1, 2]), "model spec needs"),
+    (lambda m: m.update(update_kind="weights"), "update_kind must be"),
+])
+def test_malformed_metadata_is_one_observation_error(tmp_path, edit, message):
+    _share(LENET).save(tmp_path / "obs")
+    edit_meta(tmp_path / "obs", edit)
+    with pytest.raises(ObservationError) as info:
+        Observation.load(tmp_path / "obs")
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_labels_out_of_range_or_float_are_refused():
+    obs = _share(LENET)
+    with pytest.raises(ObservationError, match="labels must lie in"):
+        Observation(**{**_init_args(obs), "labels": torch.tensor([1, 2, 10])})
+    with pytest.raises(ObservationError, match="labels must be integers"):
+        Observation(**{**_init_args(obs), "labels": torch.tensor([1.0, 2.0, 3.0])})
+
+
+def _init_args(obs):
+    return {k: getattr(obs, k) for k in ("model", "parameters", "update", "batch_size", "data", "buffers",
+                                         "update_kind", "local_steps", "local_lr", "labels", "bn_statistics",
+                                         "defenses", "extras")}
 
 
 def test_no_pickle_is_used(tmp_path, monkeypatch, full_obs):

@@ -50,6 +50,11 @@ class Attack(ABC):
     """Base class of all reconstruction attacks."""
 
     name: str = "attack"
+    #: may this attack import a ``package.module:factory`` it is given (a generator prior)? Set by the caller's
+    #: explicit choice (:func:`gradaudit.attacks.build_attack`'s ``trust_code``), never by a file
+    trust_code: bool = False
+    #: may it read a generator checkpoint whose checksum does not cover its metadata (``allow_legacy``)?
+    allow_legacy: bool = False
 
     @abstractmethod
     def reconstruct(self, observation: Observation, progress: ProgressFn | None = None) -> Reconstruction:

@@ -7,6 +7,7 @@ import inspect
 import torch
 
 from ..errors import ConfigError, unknown_name
+from ..trust import refuse_untrusted
 from .analytic.robbing_the_fed import RobbingTheFed
 from .base import Attack
 from .features.cpa import CocktailPartyAttack
@@ -24,8 +25,26 @@ def attack_names() -> list[str]:
     return sorted([*PRESETS, *ANALYTIC])
 
 
-def build_attack(name: str, *, device: str | torch.device = "cpu", seed: int = 0, **overrides) -> Attack:
-    """Instantiate a named attack; ``overrides`` replace the preset's hyper-parameters (None = keep)."""
+def build_attack(name: str, *, device: str | torch.device = "cpu", seed: int = 0, trust_code: bool = False,
+                 allow_legacy: bool = False, **overrides) -> Attack:
+    """Instantiate a named attack; ``overrides`` replace the preset's hyper-parameters (None = keep).
+
+    ``trust_code`` lets the attack import a ``package.module:factory`` it is given (a generator prior); without
+    it such a name is refused here, before any work (:mod:`gradaudit.trust`). ``allow_legacy`` lets it read a
+    generator checkpoint whose checksum does not cover its metadata (:mod:`gradaudit.checked_files`). Neither
+    is a hyper-parameter: no config file can set them."""
+    attack = _build(name, device, seed, overrides)
+    attack.trust_code, attack.allow_legacy = bool(trust_code), bool(allow_legacy)
+    generator = getattr(getattr(attack, "config", None), "generator", None)
+    if generator is not None:
+        from .priors.checkpoint import is_generator_factory
+
+        if is_generator_factory(generator):
+            refuse_untrusted(str(generator), "generator", trust_code)
+    return attack
+
+
+def _build(name: str, device, seed: int, overrides: dict) -> Attack:
     if name in ANALYTIC:
         cls = ANALYTIC[name]
         accepted = set(inspect.signature(cls).parameters) - {"device", "seed"}

@@ -5,7 +5,10 @@ Search order for a dataset stored in folder ``<sub>`` (e.g. ``fashion-mnist``, `
 1. the ``root`` the caller passed, itself and ``root/<sub>``;
 2. ``$GRADAUDIT_DATA/<sub>`` when the ``GRADAUDIT_DATA`` environment variable is set;
 3. ``<user cache>/gradaudit/<sub>``, the user cache being ``$XDG_CACHE_HOME`` or ``~/.cache``;
-4. any dataset-specific system folder (e.g. a Debian package's).
+4. any dataset-specific system folder (e.g. a Debian package's), unless ``GRADAUDIT_SYSTEM_DATA=off``.
+
+``GRADAUDIT_SYSTEM_DATA=off`` (also ``0``, ``no``, ``false``) hides the system folders: CI sets it, so a test that
+only passes because a dataset package was installed by hand on the machine fails there instead of on a user's.
 """
 
 from __future__ import annotations
@@ -17,6 +20,12 @@ from pathlib import Path
 from gradaudit.errors import DataNotFoundError
 
 ENV_VAR = "GRADAUDIT_DATA"
+SYSTEM_ENV_VAR = "GRADAUDIT_SYSTEM_DATA"
+
+
+def system_data_enabled() -> bool:
+    """False when ``$GRADAUDIT_SYSTEM_DATA`` switches the system data folders off."""
+    return os.environ.get(SYSTEM_ENV_VAR, "on").strip().lower() not in ("off", "0", "no", "false")
 
 
 def cache_dir() -> Path:
@@ -26,7 +35,8 @@ def cache_dir() -> Path:
 
 
 def candidate_dirs(sub: str, root: str | os.PathLike | None, extra: Iterable[str | os.PathLike] = ()) -> list[Path]:
-    """Folders to search for dataset folder ``sub``, in order, without duplicates."""
+    """Folders to search for dataset folder ``sub``, in order, without duplicates; ``extra`` are system folders
+    (left out when :func:`system_data_enabled` is False)."""
     dirs: list[Path] = []
     if root is not None:
         root = Path(root).expanduser()
@@ -35,7 +45,8 @@ def candidate_dirs(sub: str, root: str | os.PathLike | None, extra: Iterable[str
     if env:
         dirs.append(Path(env).expanduser() / sub)
     dirs.append(cache_dir() / sub)
-    dirs += [Path(p) for p in extra]
+    if system_data_enabled():
+        dirs += [Path(p) for p in extra]
     seen: set[Path] = set()
     return [d for d in dirs if not (d in seen or seen.add(d))]
 

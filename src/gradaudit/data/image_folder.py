@@ -11,6 +11,7 @@ or 1-channel grayscale when every file is grayscale. Normalisation constants are
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -37,16 +38,24 @@ def _images_in(folder: Path) -> list[Path]:
 
 
 def _open(path: Path) -> Image.Image:
-    """Read an image fully; 16/32-bit grayscale is scaled down to 8-bit "L" (Pillow would clip it)."""
+    """Read an image fully; 16/32-bit grayscale is scaled down to 8-bit "L" (Pillow would clip it).
+
+    An image larger than Pillow's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``, about 89 million
+    pixels) is refused before it is decoded, as is anything Pillow cannot read."""
     try:
-        with Image.open(path) as img:
-            img.load()
-            if img.mode.startswith("I"):
-                wide = np.clip(np.asarray(img, dtype=np.int64), 0, 65535)
-                return Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8))
-            return img
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise CorruptDataError(f"{path}: cannot read image ({exc})") from exc
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()
+                if img.mode.startswith("I"):
+                    wide = np.clip(np.asarray(img, dtype=np.int64), 0, 65535)
+                    return Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8))
+                return img
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise CorruptDataError(f"{path}: image too large to be decoded safely (a decompression bomb?): "
+                               f"{' '.join(str(exc).split())}") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise CorruptDataError(f"{path}: cannot read image ({' '.join(str(exc).split())})") from None
 
 
 def load(root: str | os.PathLike | None = None, split: str = "train", image_size: int | None = None,

@@ -40,6 +40,8 @@ DATASETS: dict[str, DatasetLoader] = {
 }
 
 DEFAULT_DATASET = "embedded"
+#: datasets that ship inside installed wheels: no folder to look in, nothing to download
+BUNDLED = frozenset({"embedded", "lfw"})
 
 
 def load_dataset(name: str, root: str | os.PathLike | None = None, split: str = "train",
@@ -54,5 +56,9 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, split: str = 
         raise unknown_name("dataset", name, DATASETS)
     if not isinstance(split, str):
         raise ConfigError(f"split must be a string such as 'train' or 'test', got {split!r}")
+    if name in BUNDLED and (root is not None or download):
+        what = "a data root (--data-root, data.root)" if root is not None else "download"
+        raise ConfigError(f"dataset '{name}' ships inside the installed packages, so {what} does not apply to "
+                          f"it; leave it out, or pick a dataset read from files (image-folder, fashion-mnist, cifar10)")
     check_size(image_size)
     return DATASETS[name](root=root, split=split, image_size=image_size, download=download)

@@ -68,18 +68,24 @@ def choose_indices(n: int, batch_size: int, seed: int, indices: list[int] | None
     return torch.randperm(n, generator=g)[:batch_size].tolist()
 
 
-def prepare(config: RunConfig) -> PreparedRun:
-    """Validate and load everything; no attack work happens here."""
+def prepare(config: RunConfig, *, trust_code: bool = False, allow_legacy: bool = False) -> PreparedRun:
+    """Validate and load everything; no attack work happens here.
+
+    ``trust_code``: the config may name a model or generator as ``package.module:factory`` and the caller
+    trusts that code (:mod:`gradaudit.trust`); ``allow_legacy``: read a generator checkpoint without the
+    metadata checksum. Both are the caller's choice, never the config's."""
     device = resolve_device(config.device)
     defenses = [parse_defense(s) for s in config.defenses]
-    attack = build_attack(config.attack.preset, device=device, seed=config.seed, **config.attack.overrides())
+    attack = build_attack(config.attack.preset, device=device, seed=config.seed, trust_code=trust_code,
+                          allow_legacy=allow_legacy, **config.attack.overrides())
     dataset = load_dataset(config.data.name, root=config.data.root, split=config.data.split,
                            image_size=config.data.image_size, download=config.data.download)
     indices = choose_indices(len(dataset), config.threat.batch_size, config.seed, config.data.indices)
     from ..attacks.priors import check_attack_held_out
 
     check_attack_held_out(attack, dataset.name, indices, config.data.split)  # a prior must not know the batch
-    spec = ModelSpec(config.model.name, dataset.num_classes, dataset.shape, dict(config.model.kwargs))
+    spec = ModelSpec(config.model.name, dataset.num_classes, dataset.shape, dict(config.model.kwargs),
+                     trust_code=trust_code)
     build_model(spec)  # fail early on a bad model name or kwargs
     return PreparedRun(config, dataset, indices, spec, attack, defenses, device)
 
@@ -116,9 +122,10 @@ def observe(run: PreparedRun) -> tuple[Observation, torch.Tensor, torch.Tensor]:
 
 
 def run_attack(config: RunConfig, progress: ProgressFn | None = None, *,
-               prepared: PreparedRun | None = None, lpips: LPIPSMetric | None = None) -> AuditResult:
-    """Run one full audit cell and score it against the private batch."""
-    run = prepared or prepare(config)
+               prepared: PreparedRun | None = None, lpips: LPIPSMetric | None = None,
+               trust_code: bool = False) -> AuditResult:
+    """Run one full audit cell and score it against the private batch (``trust_code``: see :func:`prepare`)."""
+    run = prepared or prepare(config, trust_code=trust_code)
     t0 = time.perf_counter()
     observation, images, labels = observe(run)
     t1 = time.perf_counter()

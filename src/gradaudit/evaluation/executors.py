@@ -54,8 +54,10 @@ def default_threads(workers: int) -> int:
 
 
 def execute_cell(config: dict[str, Any], timeout_s: Optional[float] = None,
-                 threads: Optional[int] = None) -> dict[str, Any]:
+                 threads: Optional[int] = None, trust_code: bool = False) -> dict[str, Any]:
     """Run one cell (prepare, observe, attack, score) and return a plain dict; never raises for a cell's error.
+
+    ``trust_code`` is the sweep runner's (the user's) choice to import ``package.module:factory`` names.
 
     On success: ``ok`` True, ``scores`` (ReconstructionScores.to_dict()), ``record`` (the JSON-ready
     result_record of the run: scores, reconstruction record with history and hyper-parameters, timings,
@@ -85,7 +87,7 @@ def execute_cell(config: dict[str, Any], timeout_s: Optional[float] = None,
                     raise CellTimeout(f"cell exceeded its timeout of {timeout_s:g} s "
                                       f"(stopped at iteration {done}/{total})")
 
-        run = prepare(cfg)
+        run = prepare(cfg, trust_code=trust_code)
         if timeout_s is not None and time.perf_counter() > deadline:
             raise CellTimeout(f"cell exceeded its timeout of {timeout_s:g} s while preparing")
         result = run_attack(cfg, progress, prepared=run)
@@ -119,6 +121,8 @@ class CellExecutor(ABC):
     """Runs cells somewhere and hands back their results as they finish (see the module docstring)."""
 
     name = "executor"
+    #: the user's choice to import ``package.module:factory`` names in the cells (set by the runner)
+    trust_code: bool = False
 
     def __init__(self, workers: int) -> None:
         if workers < 1:
@@ -271,12 +275,12 @@ class LocalExecutor(CellExecutor):
             if not self._futures:
                 task = self._suspects.popleft()
                 self._isolated = task[0]
-                self._futures[self._pool.submit(execute_cell, task[1], task[2], None)] = task
+                self._futures[self._pool.submit(execute_cell, task[1], task[2], None, self.trust_code)] = task
             return
         self._isolated = None
         while self._backlog and len(self._futures) < self.workers:
             task = self._backlog.popleft()
-            self._futures[self._pool.submit(execute_cell, task[1], task[2], None)] = task
+            self._futures[self._pool.submit(execute_cell, task[1], task[2], None, self.trust_code)] = task
 
     @property
     def pending(self) -> int:
@@ -287,7 +291,7 @@ class LocalExecutor(CellExecutor):
             if not self._backlog:
                 return []
             key, config, timeout_s = self._backlog.popleft()
-            return [(key, execute_cell(config, timeout_s, self.threads))]
+            return [(key, execute_cell(config, timeout_s, self.threads, self.trust_code))]
         out: list[tuple[str, dict[str, Any]]] = []
         while not out and self.pending:
             if not self._futures:
@@ -384,7 +388,7 @@ class RayExecutor(CellExecutor):
     def submit(self, key: str, config: dict[str, Any], timeout_s: Optional[float] = None) -> None:
         if self._ray is None:
             self.start()
-        self._refs[self._remote.remote(config, timeout_s, self.threads)] = key
+        self._refs[self._remote.remote(config, timeout_s, self.threads, self.trust_code)] = key
 
     @property
     def pending(self) -> int:

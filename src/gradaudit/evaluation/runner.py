@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+from ..checks import check_run_dir
 from ..errors import ConfigError
 from .executors import CellExecutor, make_executor
 from .store import CellRow, ResultsStore
@@ -280,24 +281,31 @@ class _Bar:
 def run_sweep(sweep: SweepConfig | dict[str, Any] | str | Path, run_dir: str | Path,
               executor: str | CellExecutor = "local", workers: int = 2, ray_address: Optional[str] = None,
               progress: bool = True, *,
-              threads: Optional[int] = None, console=None, retry_failed: bool = False) -> SweepSummary:
+              threads: Optional[int] = None, console=None, retry_failed: bool = False,
+              trust_code: bool = False) -> SweepSummary:
     """Run every cell of ``sweep`` not yet in ``run_dir``'s results store; see the module docstring.
 
     ``sweep``: a SweepConfig, its dict, or a YAML path. ``executor``: ``"local"`` (worker processes; workers=1
     runs in this process), ``"ray"`` (``ray_address`` joins a running cluster, otherwise a local instance with
     ``workers`` CPUs is started and shut down), or a :class:`CellExecutor`. ``threads``: torch threads per
     worker (default cores // workers). ``retry_failed``: run again the cells stored as failed by an earlier
-    call (after fixing what made them fail). Every cell is validated before any work starts (ConfigError).
+    call (after fixing what made them fail). ``trust_code``: the sweep may name models or generators as
+    ``package.module:factory`` and the caller trusts that code (:mod:`gradaudit.trust`; a sweep file cannot
+    say so itself). Every cell is validated before any work starts or any file is created (ConfigError).
     """
     t0 = time.perf_counter()
     sweep = load_sweep(sweep) if isinstance(sweep, (str, Path)) else parse_sweep(sweep)
-    cells = plan(sweep)
+    cells = plan(sweep, trust_code=trust_code)
+    if not cells:  # pragma: no cover - parse_sweep refuses an empty grid
+        raise ConfigError("the sweep has no cells")
+    run_dir = check_run_dir(run_dir)
     if isinstance(executor, CellExecutor):
         ex = executor
     else:
         if workers < 1:
             raise ConfigError(f"workers must be >= 1, got {workers}")
         ex = make_executor(executor, workers, ray_address, threads)
+    ex.trust_code = bool(trust_code)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     summary = SweepSummary(run_dir=run_dir, executor=ex.name, workers=ex.workers, total=len(cells))

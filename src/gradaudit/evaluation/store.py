@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-STORE_NAME = "results.sqlite"
+from ..checks import STORE_NAME, check_store_file
+from ..errors import ConfigError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS cells (
@@ -99,14 +100,24 @@ def _now() -> str:
 class ResultsStore:
     """SQLite-backed, transactional store of a sweep's results (see module docstring)."""
 
-    def __init__(self, run_dir: str | Path) -> None:
+    def __init__(self, run_dir: str | Path, *, create: bool = True) -> None:
+        """Open (``create``: or create) ``run_dir/results.sqlite``. A file there that is not a gradaudit store
+        is refused (ConfigError) and left untouched; ``create=False`` refuses a missing store."""
         self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / STORE_NAME
-        self._conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")
-        self._conn.executescript(_SCHEMA)
+        if self.path.exists():
+            check_store_file(self.path)
+        elif not create:
+            raise ConfigError(f"'{self.run_dir}' holds no {STORE_NAME}")
+        else:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self._conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as e:
+            raise ConfigError(f"'{self.path}' cannot be used as a results store: {e}") from None
 
     def close(self) -> None:
         self._conn.close()

@@ -59,7 +59,7 @@ _AXES = ("defenses", "threat.batch_size", "seed")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class AttackEntry(_Strict):
@@ -123,6 +123,14 @@ class SweepConfig(_Strict):
     def _base_none(cls, v: Any) -> Any:
         return {} if v is None else v
 
+    @field_validator("attacks", "batch_sizes", mode="before")
+    @classmethod
+    def _not_empty(cls, v: Any, info) -> Any:
+        if isinstance(v, (list, tuple)) and not v:
+            raise ConfigError(f"{info.field_name} is an empty list: the sweep would have no cells (leave the key "
+                              f"out to use the base's {'attack' if info.field_name == 'attacks' else 'batch size'})")
+        return v
+
     @field_validator("defenses", mode="before")
     @classmethod
     def _defenses(cls, v: Any) -> Any:
@@ -130,6 +138,9 @@ class SweepConfig(_Strict):
             return [[]]
         if not isinstance(v, (list, tuple)):
             raise ConfigError(f"defenses must be a list of defense combinations, got {v!r}")
+        if not v:
+            raise ConfigError("defenses is an empty list: the sweep would have no cells (list [] or none inside "
+                              "it for the no-defense cell, e.g. defenses: [[], [prune:0.9]])")
         canonical = [_defense_list(i, entry) for i, entry in enumerate(v)]
         seen: dict[str, int] = {}
         for i, specs in enumerate(canonical):
@@ -277,6 +288,8 @@ def parse_sweep(data: Any) -> SweepConfig:
         return data
     if not isinstance(data, dict):
         raise ConfigError(f"a sweep is a mapping with keys {', '.join(SweepConfig.model_fields)}")
+    if not data:
+        raise ConfigError(f"the sweep is empty; give at least its base and grid ({', '.join(SweepConfig.model_fields)})")
     try:
         return SweepConfig.model_validate(copy.deepcopy(data))
     except ValidationError as e:
@@ -285,7 +298,7 @@ def parse_sweep(data: Any) -> SweepConfig:
 
 def load_sweep(path: str | Path, overrides: list[str] | None = None) -> SweepConfig:
     """Read a sweep YAML file; ``overrides`` are dotted ``key=value`` strings (``base.attack.iterations=5``)."""
-    data = read_yaml_mapping(path, what="sweep")
+    data = read_yaml_mapping(path, what="sweep", allow_empty=False)
     return parse_sweep(apply_overrides(data, list(overrides or [])))
 
 
@@ -343,7 +356,7 @@ def expand(sweep: SweepConfig | dict[str, Any]) -> list[Cell]:
     return cells
 
 
-def validate_cells(cells: list[Cell]) -> None:
+def validate_cells(cells: list[Cell], *, trust_code: bool = False) -> None:
     """Check everything about every cell that can be checked without attacking (what prepare() checks).
 
     Devices, attack presets and their overrides, datasets (loaded once per distinct data config), the private
@@ -367,7 +380,8 @@ def validate_cells(cells: list[Cell]) -> None:
                 devices[cfg.device] = resolve_device(cfg.device)
             attack_key = json.dumps([cfg.attack.model_dump(mode="json"), cfg.device], sort_keys=True)
             if attack_key not in attacks:
-                build_attack(cfg.attack.preset, device=devices[cfg.device], seed=cfg.seed, **cfg.attack.overrides())
+                build_attack(cfg.attack.preset, device=devices[cfg.device], seed=cfg.seed, trust_code=trust_code,
+                             **cfg.attack.overrides())
                 attacks.add(attack_key)
             data_key = json.dumps(cfg.data.model_dump(mode="json", exclude={"indices"}), sort_keys=True)
             if data_key not in datasets:
@@ -375,7 +389,8 @@ def validate_cells(cells: list[Cell]) -> None:
                                                   image_size=cfg.data.image_size, download=cfg.data.download)
             dataset = datasets[data_key]
             choose_indices(len(dataset), cfg.threat.batch_size, cfg.seed, cfg.data.indices)
-            spec = ModelSpec(cfg.model.name, dataset.num_classes, dataset.shape, dict(cfg.model.kwargs))
+            spec = ModelSpec(cfg.model.name, dataset.num_classes, dataset.shape, dict(cfg.model.kwargs),
+                             trust_code=trust_code)
             model_key = json.dumps(spec.to_dict(), sort_keys=True, default=str)
             if model_key not in models:
                 models[model_key] = build_model(spec)
@@ -389,10 +404,10 @@ def validate_cells(cells: list[Cell]) -> None:
             raise ConfigError(f"cell {cell.label}: {type(e).__name__}: {e}") from None
 
 
-def plan(sweep: SweepConfig | dict[str, Any]) -> list[Cell]:
+def plan(sweep: SweepConfig | dict[str, Any], *, trust_code: bool = False) -> list[Cell]:
     """:func:`expand` then :func:`validate_cells`: the cells of a sweep, all checked."""
     cells = expand(sweep)
-    validate_cells(cells)
+    validate_cells(cells, trust_code=trust_code)
     return cells
 
 

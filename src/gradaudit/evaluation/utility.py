@@ -42,6 +42,7 @@ import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
 
 import torch
@@ -252,12 +253,16 @@ def utility_config(defense_specs: str | Sequence[str] | None, dataset: str = "em
             "test_size": test_size, "split_seed": SPLIT_SEED}
 
 
+#: arguments of :func:`measure_utility` that do not change its result (so not part of a run's key)
+_NOT_IN_KEY = ("progress", "eval_every", "threads", "trust_code")
+
+
 def utility_key(defense_specs: str | Sequence[str] | None, **kwargs) -> str:
     """A stable, readable key of a utility run: ``utility/<defense>/<dataset>/<model>/<hash of the config>``.
 
     Takes the same arguments as :func:`measure_utility` (``progress``, ``eval_every``, ``threads`` do not matter).
     """
-    kwargs = {k: v for k, v in kwargs.items() if k not in ("progress", "eval_every", "threads")}
+    kwargs = {k: v for k, v in kwargs.items() if k not in _NOT_IN_KEY}
     cfg = utility_config(defense_specs, **kwargs)
     digest = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:12]
     return f"utility/{cfg['defense']}/{cfg['dataset']}/{cfg['model']}/{digest}"
@@ -269,7 +274,7 @@ def measure_utility(defense_specs: str | Sequence[str] | None, dataset: str = "e
                     local_steps: int = 1, seed: int = 0, data_root: str | None = None,
                     train_size: int | None = None, test_size: int | None = None,
                     progress: Optional[ProgressFn] = None, eval_every: int | None = None,
-                    threads: int | None = 1) -> UtilityResult:
+                    threads: int | None = 1, trust_code: bool = False) -> UtilityResult:
     """Train ``model`` federatedly on ``dataset`` with the defense chain ``defense_specs`` on every client.
 
     ``defense_specs``: a list of specs applied in order (``[]``, ``None`` or ``["none"]``: no defense), or one
@@ -277,7 +282,8 @@ def measure_utility(defense_specs: str | Sequence[str] | None, dataset: str = "e
     FedAvg: ``lr`` is the clients' local step size over ``local_steps`` steps, and the server applies the mean
     update. ``progress(round, rounds, train_loss)`` is called at every evaluation. Deterministic in ``seed``.
     ``threads``: torch threads during the run (default 1: the tensors are tiny, and on a busy 2-core machine
-    two threads spin-wait on each other, measured 20x slower; None leaves the setting alone).
+    two threads spin-wait on each other, measured 20x slower; None leaves the setting alone). ``trust_code``:
+    ``model`` may be a ``package.module:factory`` the caller trusts (:mod:`gradaudit.trust`).
     See the module docstring for the protocol and what is reported.
     """
     before = torch.get_num_threads()
@@ -286,34 +292,61 @@ def measure_utility(defense_specs: str | Sequence[str] | None, dataset: str = "e
         torch.set_num_threads(threads)
     try:
         return _measure(defense_specs, dataset, model, model_kwargs, clients, rounds, batch_size, lr, protocol,
-                        local_steps, seed, data_root, train_size, test_size, progress, eval_every)
+                        local_steps, seed, data_root, train_size, test_size, progress, eval_every, trust_code)
     finally:
         torch.set_num_threads(before)
 
 
-def _measure(defense_specs, dataset, model, model_kwargs, clients, rounds, batch_size, lr, protocol, local_steps,
-             seed, data_root, train_size, test_size, progress, eval_every) -> UtilityResult:
-    t0 = time.perf_counter()
-    cfg = utility_config(defense_specs, dataset=dataset, model=model, model_kwargs=model_kwargs, clients=clients,
-                         rounds=rounds, batch_size=batch_size, lr=lr, protocol=protocol, local_steps=local_steps,
-                         seed=seed, data_root=data_root, train_size=train_size, test_size=test_size)
+def check_utility_args(defense_specs, *, clients: int = DEFAULT_CLIENTS, rounds: int = DEFAULT_ROUNDS,
+                       batch_size: int = DEFAULT_BATCH_SIZE, lr: float = DEFAULT_LR, protocol: str = "fedsgd",
+                       local_steps: int = 1, seed: int = 0, eval_every: int | None = None,
+                       train_size: int | None = None, test_size: int | None = None, **_: Any) -> None:
+    """Check a utility run's arguments (not its data or model) without doing any work; ConfigError if bad."""
     _check("clients", clients, 1)
-    _check("rounds", rounds, 0)
+    _check("rounds", rounds, 1)
     _check("batch_size", batch_size, 1)
     _check("local_steps", local_steps, 1)
     _check("lr", lr, 0, float)
     _check("seed", seed, 0)
+    for name, size in (("train_size", train_size), ("test_size", test_size)):
+        if size is not None:
+            _check(name, size, 1)
+    if eval_every is not None:
+        _check("eval_every", eval_every, 1)
     if protocol not in ("fedsgd", "fedavg"):
         raise ConfigError(f"unknown protocol '{protocol}'; valid: fedavg, fedsgd")
-    if eval_every is None:
-        eval_every = max(1, rounds // 20)
-    _check("eval_every", eval_every, 1)
-    transforms = [parse_defense(s) for s in _as_spec_list(defense_specs)]
+    for s in _as_spec_list(defense_specs):
+        parse_defense(s)
+
+
+def prepare_utility(defense_specs, dataset: str = "embedded", model: str = "lenet", model_kwargs: dict | None = None,
+                    data_root: str | None = None, train_size: int | None = None, test_size: int | None = None,
+                    trust_code: bool = False, **kwargs: Any) -> tuple[ImageDataset, ImageDataset, ModelSpec]:
+    """Everything of a utility run that can fail on bad input, before any training: the arguments, the data
+    splits and the model (built once). Returns (train, test, model spec)."""
+    check_utility_args(defense_specs, train_size=train_size, test_size=test_size, **kwargs)
     train, test = load_splits(dataset, data_root, train_size, test_size)
+    clients = kwargs.get("clients", DEFAULT_CLIENTS)
     if clients > len(train):
         raise ConfigError(f"{clients} clients but only {len(train)} training images")
+    spec = ModelSpec(model, train.num_classes, train.shape, dict(model_kwargs or {}), trust_code=trust_code)
+    build_model(spec)
+    return train, test, spec
 
-    spec = ModelSpec(model, train.num_classes, train.shape, dict(model_kwargs or {}))
+
+def _measure(defense_specs, dataset, model, model_kwargs, clients, rounds, batch_size, lr, protocol, local_steps,
+             seed, data_root, train_size, test_size, progress, eval_every, trust_code) -> UtilityResult:
+    t0 = time.perf_counter()
+    cfg = utility_config(defense_specs, dataset=dataset, model=model, model_kwargs=model_kwargs, clients=clients,
+                         rounds=rounds, batch_size=batch_size, lr=lr, protocol=protocol, local_steps=local_steps,
+                         seed=seed, data_root=data_root, train_size=train_size, test_size=test_size)
+    train, test, spec = prepare_utility(defense_specs, dataset, model, model_kwargs, data_root, train_size,
+                                        test_size, trust_code, clients=clients, rounds=rounds,
+                                        batch_size=batch_size, lr=lr, protocol=protocol, local_steps=local_steps,
+                                        seed=seed, eval_every=eval_every)
+    if eval_every is None:
+        eval_every = max(1, rounds // 20)
+    transforms = [parse_defense(s) for s in _as_spec_list(defense_specs)]
     torch.manual_seed(seed)
     global_model = build_model(spec)
     data_spec = DataSpec(train.name, tuple(train.mean), tuple(train.std))
@@ -397,15 +430,7 @@ def store_utility(store: ResultsStore, defenses: Iterable[str | Sequence[str] | 
     :func:`measure_utility`'s. Returns ``(row, newly_measured)`` per defense chain, baseline first.
     Every spec is validated before any training starts.
     """
-    chains = [_as_spec_list(d) for d in defenses]
-    if baseline and not any(not c for c in chains):
-        chains.insert(0, [])
-    seen, unique = set(), []
-    for c in chains:
-        label = defense_label(c)  # validates
-        if label not in seen:
-            seen.add(label)
-            unique.append(c)
+    unique = utility_chains(defenses, baseline, **kwargs)
     stored = {row.key: row for row in store.utility()}
     out = []
     for chain in unique:
@@ -420,6 +445,40 @@ def store_utility(store: ResultsStore, defenses: Iterable[str | Sequence[str] | 
         store.add_utility(row)
         out.append((row, True))
     return out
+
+
+def utility_chains(defenses: Iterable[str | Sequence[str] | None], baseline: bool = True,
+                   **kwargs: Any) -> list[list[str]]:
+    """The distinct defense chains to measure (the baseline first), after checking every argument, the data
+    and the model (:func:`prepare_utility`): nothing is trained or written here."""
+    chains = [_as_spec_list(d) for d in defenses]
+    if baseline and not any(not c for c in chains):
+        chains.insert(0, [])
+    seen, unique = set(), []
+    for c in chains:
+        label = defense_label(c)  # validates the specs
+        if label not in seen:
+            seen.add(label)
+            unique.append(c)
+    kwargs = {k: v for k, v in kwargs.items() if k not in ("progress", "threads")}
+    for c in unique:
+        check_utility_args(c, **kwargs)
+    prepare_utility(unique[0] if unique else [], **kwargs)
+    return unique
+
+
+def run_utility(run_dir: str | Path, defenses: Iterable[str | Sequence[str] | None], *, baseline: bool = True,
+                on_start: Optional[Callable[[str, str], None]] = None, progress: Optional[ProgressFn] = None,
+                **kwargs: Any) -> list[tuple[UtilityRow, bool]]:
+    """:func:`store_utility` into ``run_dir``'s results store, after every check (arguments, data, model, the
+    folder and its store) has passed: bad input creates no folder and no store."""
+    from ..checks import check_run_dir
+
+    defenses = list(defenses)
+    utility_chains(defenses, baseline, **kwargs)
+    run_dir = check_run_dir(run_dir, create=True)
+    with ResultsStore(run_dir) as store:
+        return store_utility(store, defenses, baseline=baseline, on_start=on_start, progress=progress, **kwargs)
 
 
 def result_dict(result: UtilityResult) -> dict[str, Any]:

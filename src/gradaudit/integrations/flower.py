@@ -36,6 +36,7 @@ by the attack's time; restrict it with ``clients=`` / ``rounds=``.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Collection
@@ -87,8 +88,8 @@ class _Capture:
                  metric_keys: MetricKeys, run: str | None, save_observations: bool, seed: int, device: str) -> None:
         if local_steps is not None and local_steps < 1:
             raise ConfigError(f"local_steps must be >= 1, got {local_steps}")
-        if local_lr is not None and not local_lr > 0:
-            raise ConfigError(f"local_lr must be > 0, got {local_lr}")
+        if local_lr is not None and not (math.isfinite(local_lr) and local_lr > 0):
+            raise ConfigError(f"local_lr must be a finite number > 0, got {local_lr}")
         self.auditor = Auditor(run_dir, model, data, attack=attack, attack_options=attack_options, proxy=proxy,
                                clients=clients, rounds=rounds, ground_truth=ground_truth, run=run,
                                source="flower", save_observations=save_observations, seed=seed, device=device)

@@ -3,12 +3,13 @@
 A model is fully described by a :class:`ModelSpec` (name, number of classes, input shape, keyword
 arguments), which is what an Observation records so that a server (and the attacker) can rebuild the same
 architecture. A user factory is called with ``num_classes`` and ``input_shape`` when its signature accepts
-them, plus the spec's keyword arguments, and must return an ``nn.Module``.
+them, plus the spec's keyword arguments, and must return an ``nn.Module``. A factory is code: it is imported
+only when trusted (:mod:`gradaudit.trust`: ``--trust-model-code``, ``trust_code=True``), never because a file
+names it.
 """
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
@@ -16,6 +17,7 @@ from typing import Any, Callable
 from torch import nn
 
 from ..errors import ConfigError, unknown_name
+from ..trust import is_code_reference, load_code_reference, trusting_code
 from .convnet import ConvNet
 from .lenet import LeNet
 from .malicious import ImprintedModel, WideFeatureModel
@@ -34,48 +36,52 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Everything needed to rebuild the victim architecture (not its weights)."""
+    """Everything needed to rebuild the victim architecture (not its weights).
+
+    ``trust_code`` lets :func:`build_model` import a ``package.module:factory`` name; it is set only by the
+    caller's explicit choice (never read from a file: :meth:`from_dict` leaves it False, :meth:`to_dict` omits it).
+    """
 
     name: str
     num_classes: int
     input_shape: tuple[int, int, int]
     kwargs: dict[str, Any] = field(default_factory=dict)
+    trust_code: bool = field(default=False, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        d.pop("trust_code")
         d["input_shape"] = list(self.input_shape)
         return d
+
+    def trusted(self, trust_code: bool = True) -> "ModelSpec":
+        """This spec with ``trust_code`` set (a copy)."""
+        return ModelSpec(self.name, self.num_classes, self.input_shape, dict(self.kwargs), trust_code=trust_code)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelSpec":
         try:
-            return cls(name=str(d["name"]), num_classes=int(d["num_classes"]),
+            spec = cls(name=str(d["name"]), num_classes=int(d["num_classes"]),
                        input_shape=tuple(int(s) for s in d["input_shape"]), kwargs=dict(d.get("kwargs") or {}))
-        except (KeyError, TypeError, ValueError) as e:
-            raise ConfigError(f"model spec needs name, num_classes, input_shape: {e}") from None
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ConfigError(f"model spec needs name, num_classes, input_shape (a list of 3 integers) and "
+                              f"optional kwargs (a mapping): {type(e).__name__}: {e}") from None
+        if len(spec.input_shape) != 3 or min(spec.input_shape) < 1 or spec.num_classes < 1:
+            raise ConfigError(f"model spec: input_shape must be 3 positive integers and num_classes >= 1, got "
+                              f"{list(spec.input_shape)} and {spec.num_classes}")
+        return spec
 
 
-def _load_factory(target: str) -> Callable[..., nn.Module]:
-    module_name, _, attr = target.partition(":")
-    if not module_name or not attr:
-        raise ConfigError(f"a user model is given as 'package.module:factory', got '{target}'")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ConfigError(f"cannot import module '{module_name}' for model '{target}': {e}") from None
-    try:
-        factory = getattr(module, attr)
-    except AttributeError:
-        raise ConfigError(f"module '{module_name}' has no attribute '{attr}'") from None
-    if not callable(factory):
-        raise ConfigError(f"'{target}' is not callable")
-    return factory
+def build_model(spec: ModelSpec, *, trust_code: bool = False) -> nn.Module:
+    """Instantiate the architecture of ``spec`` (weights come from the caller's seed or an Observation).
 
-
-def build_model(spec: ModelSpec) -> nn.Module:
-    """Instantiate the architecture of ``spec`` (weights come from the caller's seed or an Observation)."""
-    if ":" in spec.name:
-        factory = _load_factory(spec.name)
+    A ``package.module:factory`` name is imported only with ``trust_code=True``, a spec built with
+    ``trust_code=True``, or inside :func:`gradaudit.trust.trusting_code`; otherwise it is refused before any
+    import (:class:`gradaudit.trust.UntrustedCodeError`).
+    """
+    trust = trust_code or spec.trust_code
+    if is_code_reference(spec.name):
+        factory = load_code_reference(spec.name, "model", trust)
     elif spec.name in MODELS:
         factory = MODELS[spec.name]
     else:
@@ -87,9 +93,16 @@ def build_model(spec: ModelSpec) -> nn.Module:
         if accepts_any or key in params:
             kwargs.setdefault(key, value)
     try:
-        model = factory(**kwargs)
-    except TypeError as e:
-        raise ConfigError(f"model '{spec.name}' rejected its arguments {sorted(kwargs)}: {e}") from None
+        with trusting_code(trust):  # models the factory builds in turn (a malicious model's base) inherit trust
+            model = factory(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"model '{spec.name}' rejected its arguments {_kwargs_line(kwargs)}: {e}") from None
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model factory '{spec.name}' returned {type(model).__name__}, not a torch nn.Module")
     return model
+
+
+def _kwargs_line(kwargs: dict[str, Any]) -> str:
+    """The keyword arguments as one short line for messages."""
+    text = ", ".join(f"{k}={v!r}" for k, v in sorted(kwargs.items()))
+    return "{" + (text if len(text) <= 200 else text[:197] + "...") + "}"

@@ -76,7 +76,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Literal, Sequence
+from typing import Any, Callable, Iterable, Literal, Sequence
 
 import numpy as np
 import torch
@@ -209,6 +209,46 @@ def _spectrum_dense(gmap: GradientMap, x: torch.Tensor, y: torch.Tensor, losses,
     return out, gmap.dim
 
 
+def check_proxy_options(*, method: str = "lanczos", which: Iterable[str] = ("max", "min"),
+                        losses: Iterable[str] = LOSSES, tol: float = 1e-3, maxiter: int = 100,
+                        criterion: str = "gap", batch_size: int = 8, proxy: str | None = None,
+                        **_: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Check :func:`compute_proxies`' options (and a ``proxy`` column to rank by) before any work; returns
+    (which, losses) as tuples. ConfigError names the first bad option."""
+    from ..checks import check_int, check_number
+
+    if method not in METHODS:
+        from ..errors import unknown_name
+
+        raise unknown_name("proxy method", method, METHODS)
+    if criterion not in ("gap", "residual"):
+        raise ConfigError(f"criterion must be 'gap' or 'residual', got '{criterion}'")
+    which, losses = tuple(which), tuple(losses)
+    if not which or any(w not in SIDES for w in which):
+        raise ConfigError(f"which must be a non-empty subset of ('max', 'min'), got {which}")
+    if not losses or any(l not in LOSSES for l in losses):
+        raise ConfigError(f"losses must be a non-empty subset of {LOSSES}, got {losses}")
+    check_number(tol, "tol", positive=True, maximum=1.0)
+    check_int(maxiter, "maxiter", 1)
+    check_int(batch_size, "batch_size", 1)
+    if proxy is not None:
+        columns = proxy_columns(which, losses)
+        if proxy not in columns:
+            from ..errors import unknown_name
+
+            raise unknown_name("proxy", proxy, columns)
+    return which, losses
+
+
+def proxy_columns(which: Iterable[str], losses: Iterable[str] = LOSSES) -> list[str]:
+    """The proxy columns :func:`compute_proxies` produces for these eigenvalue sides and losses."""
+    which, losses = tuple(which), tuple(losses)
+    cols = ["grad_norm"] + [f"{loss}_{w}" for loss in losses for w in which]
+    if "l2" in losses and "cosine" in losses:
+        cols += [f"fused_{kind}_{w}" for kind in ("value", "rank") for w in which]
+    return cols
+
+
 def compute_proxies(source, images: torch.Tensor, labels=None, *, observations: Sequence[Observation] | None = None,
                     data=None, normalized: bool = False, method: Method = "lanczos",
                     which: Iterable[str] = ("max", "min"), losses: Iterable[str] = LOSSES,
@@ -249,18 +289,8 @@ def compute_proxies(source, images: torch.Tensor, labels=None, *, observations: 
     the ``fused_*`` columns (when both losses are computed) and ``seconds`` (the sample's share of its
     batch's time); ``meta`` records the settings.
     """
-    if method not in METHODS:
-        from ..errors import unknown_name
-
-        raise unknown_name("proxy method", method, METHODS)
-    if criterion not in ("gap", "residual"):
-        raise ConfigError(f"criterion must be 'gap' or 'residual', got '{criterion}'")
-    which = tuple(which)
-    losses = tuple(losses)
-    if not which or any(w not in SIDES for w in which):
-        raise ConfigError(f"which must be a non-empty subset of ('max', 'min'), got {which}")
-    if not losses or any(l not in LOSSES for l in losses):
-        raise ConfigError(f"losses must be a non-empty subset of {LOSSES}, got {losses}")
+    which, losses = check_proxy_options(method=method, which=which, losses=losses, tol=tol, maxiter=maxiter,
+                                        criterion=criterion, batch_size=batch_size)
     images = torch.as_tensor(images)
     if images.dim() == 3:
         images = images.unsqueeze(0)
@@ -470,7 +500,8 @@ def _add_fusion(rows: list[dict], losses, which) -> None:
 
 # ----------------------------------------------------------------------------- the lead's entry point
 def rank_samples(dataset, model_spec, indices: Sequence[int] | None = None, *, seed: int = 0,
-                 proxy: str = "fused_rank_max", descending: bool = True, **kwargs) -> ProxyTable:
+                 proxy: str = "fused_rank_max", descending: bool = True, trust_code: bool = False,
+                 **kwargs) -> ProxyTable:
     """Proxies of dataset samples under a freshly initialised victim, sorted by ``proxy``.
 
     ``dataset``: an :class:`~gradaudit.data.base.ImageDataset` (or a name for
@@ -478,23 +509,27 @@ def rank_samples(dataset, model_spec, indices: Sequence[int] | None = None, *, s
     shape from the dataset); the model is built as an audit cell builds it (``torch.manual_seed(seed)`` then
     ``build_model``), so the proxies describe the same theta_0 an attack with that seed faces.
     ``indices``: samples (default: all). ``kwargs`` go to :func:`compute_proxies` (method, which, tol, ...).
+    ``trust_code``: the model may be a ``package.module:factory`` the caller trusts (:mod:`gradaudit.trust`).
+    Every option (the ``proxy`` column included) is checked before any work.
     Returns the table with rows sorted by ``proxy`` (``descending``) and ``meta["order"]`` = sorted indices.
     """
     from ..data import load_dataset
     from ..models.registry import ModelSpec, build_model
 
+    check_proxy_options(proxy=proxy, **kwargs)
     ds = load_dataset(dataset) if isinstance(dataset, str) else dataset
     if isinstance(model_spec, str):
-        model_spec = ModelSpec(model_spec, ds.num_classes, ds.shape)
+        model_spec = ModelSpec(model_spec, ds.num_classes, ds.shape, trust_code=trust_code)
+    elif trust_code:
+        model_spec = model_spec.trusted()
     idx = list(range(len(ds))) if indices is None else [int(i) for i in indices]
+    bad = [i for i in idx if not 0 <= i < len(ds)]
+    if bad:
+        raise ConfigError(f"index {bad[0]} is out of range for a dataset of {len(ds)} samples")
     torch.manual_seed(seed)
     model = build_model(model_spec)
     images, labels = ds.batch(idx)
     table = compute_proxies(model, images, labels, data=ds, indices=idx, seed=seed, **kwargs)
-    if proxy not in table.columns:
-        from ..errors import unknown_name
-
-        raise unknown_name("proxy", proxy, table.proxies)
     table = ProxyTable(table.ranked(proxy, descending), dict(table.meta))
     table.meta.update({"model": model_spec.to_dict(), "dataset": ds.name, "model_seed": seed,
                        "sorted_by": proxy, "descending": descending,

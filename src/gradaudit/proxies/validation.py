@@ -295,6 +295,12 @@ def attack_configs(attacks: Iterable[str], optimizers: Mapping[str, str] | None 
         its = iterations.get(a) if isinstance(iterations, Mapping) else iterations
         ov = dict(OPTIMIZERS[opt], iterations=int(its) if its is not None else DEFAULT_ITERATIONS[opt])
         ov.update((overrides or {}).get(a, {}))
+        from ..attacks import build_attack
+
+        try:
+            build_attack(preset, **ov)  # checks every hyper-parameter now, before any work
+        except ConfigError as e:
+            raise ConfigError(f"{a} attack: {e}") from None
         out[a] = (preset, ov)
     unknown = set(optimizers) - set(out)
     if unknown:
@@ -317,6 +323,35 @@ def _lpips(lpips):
     return lpips, "ok"
 
 
+def check_validation_options(*, attacks: Sequence[str] = ("l2", "cosine"),
+                             iterations: int | Mapping[str, int] | None = None,
+                             optimizers: Mapping[str, str] | None = None,
+                             attack_overrides: Mapping[str, dict] | None = None, which: Sequence[str] = ("max",),
+                             method: str = "lanczos", n_boot: int = 1000, local_steps: int = 100,
+                             local_eps: float = 0.1, local_rules: Sequence[str] = STEP_RULES,
+                             proxy_kwargs: Mapping | None = None) -> dict[str, tuple[str, dict]]:
+    """Every option of :func:`validate_proxies` that can be checked without data, checked (ConfigError);
+    returns the attack configurations (:func:`attack_configs`)."""
+    from ..checks import check_int, check_number
+    from .lavp import check_proxy_options
+
+    which = tuple(which)
+    check_proxy_options(method=method, which=which, **dict(proxy_kwargs or {}))
+    if "min" in which and method != "dense":
+        raise ConfigError("lambda_min needs method='dense': iterative lambda_min does not converge on these "
+                          "Hessians (gradaudit.proxies.lavp), and an unconverged upper bound would be correlated "
+                          "as if it were the proxy")
+    bad_rules = [r for r in local_rules if r not in STEP_RULES]
+    if bad_rules:
+        from ..errors import unknown_name
+
+        raise unknown_name("local step rule", bad_rules[0], STEP_RULES)
+    check_int(local_steps, "local_steps", 0)
+    check_number(local_eps, "local_eps", positive=True)
+    check_int(n_boot, "n_boot", 1)
+    return attack_configs(attacks, optimizers, iterations, attack_overrides)
+
+
 def validate_proxies(dataset, model, indices: Sequence[int] | None = None, *, seed: int = 0,
                      attacks: Sequence[str] = ("l2", "cosine"), iterations: int | Mapping[str, int] | None = None,
                      optimizers: Mapping[str, str] | None = None,
@@ -325,7 +360,8 @@ def validate_proxies(dataset, model, indices: Sequence[int] | None = None, *, se
                      labels_known: bool = True, model_kwargs: Mapping | None = None,
                      local_steps: int = 100, local_eps: float = 0.1, local_rules: Sequence[str] = STEP_RULES,
                      lpips="auto", data_root: str | None = None, proxy_kwargs: Mapping | None = None,
-                     progress: Callable[[str, int, int], None] | None = None) -> ValidationResult:
+                     progress: Callable[[str, int, int], None] | None = None,
+                     trust_code: bool = False) -> ValidationResult:
     """Attack every sample with an L2 and a cosine attack, compute its proxies, correlate (module docstring).
 
     Args:
@@ -353,23 +389,15 @@ def validate_proxies(dataset, model, indices: Sequence[int] | None = None, *, se
 
     t_start = time.perf_counter()
     which = tuple(which)
-    if "min" in which and method != "dense":
-        raise ConfigError("lambda_min needs method='dense': iterative lambda_min does not converge on these "
-                          "Hessians (gradaudit.proxies.lavp), and an unconverged upper bound would be correlated "
-                          "as if it were the proxy")
-    bad_rules = [r for r in local_rules if r not in STEP_RULES]
-    if bad_rules:
-        from ..errors import unknown_name
-
-        raise unknown_name("local step rule", bad_rules[0], STEP_RULES)
-    if local_steps < 0 or not local_eps > 0:
-        raise ConfigError("local_steps must be >= 0 and local_eps > 0")
-    configs = attack_configs(attacks, optimizers, iterations, attack_overrides)
+    configs = check_validation_options(attacks=attacks, iterations=iterations, optimizers=optimizers,
+                                       attack_overrides=attack_overrides, which=which, method=method,
+                                       n_boot=n_boot, local_steps=local_steps, local_eps=local_eps,
+                                       local_rules=local_rules, proxy_kwargs=proxy_kwargs)
     ds = load_dataset(dataset, root=data_root) if isinstance(dataset, str) else dataset
     if isinstance(model, str):
-        spec = ModelSpec(model, ds.num_classes, ds.shape, dict(model_kwargs or {}))
+        spec = ModelSpec(model, ds.num_classes, ds.shape, dict(model_kwargs or {}), trust_code=trust_code)
     else:
-        spec = model
+        spec = model.trusted() if trust_code else model
     idx = list(range(min(16, len(ds)))) if indices is None else [int(i) for i in indices]
     if len(idx) < 3:
         raise ConfigError(f"a rank correlation needs at least 3 samples, got {len(idx)}")

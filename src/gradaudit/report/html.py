@@ -22,11 +22,11 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from ..errors import ConfigError
 from ..evaluation.analysis import (POINT_COLUMNS, STRONGEST_COLUMNS, UTILITY_COLUMNS, BestCell,
                                    best_reconstructions, drop_empty_setting, format_value,
                                    privacy_utility_points, strongest_attack_table, utility_losses, write_tables)
-from ..evaluation.store import STORE_NAME, ResultsStore
+from ..checks import check_existing_run_dir, check_output_dir, check_output_files
+from ..evaluation.store import ResultsStore
 from .grid import save_reconstruction_grid
 from .plots import X_LABEL, Y_LABEL, privacy_utility_plot, strongest_attack_plot, utility_curves_plot
 
@@ -126,10 +126,9 @@ def _grid_for(best: BestCell, run_dir: Path, out: Path, index: int) -> tuple[Opt
 
 def write_report(run_dir: str | Path, metric: str = "psnr") -> Path:
     """Write ``run_dir/report.html`` (and the tables, plots and grids under ``run_dir/report/``); return its path."""
-    run_dir = Path(run_dir)
-    if not (run_dir / STORE_NAME).is_file():
-        raise ConfigError(f"'{run_dir}' has no results store ({STORE_NAME}); run a sweep or "
-                          f"'gradaudit utility --out {run_dir}' first")
+    run_dir = check_existing_run_dir(run_dir)
+    check_output_dir(run_dir / ASSETS_DIR, "the report folder")
+    check_output_files(run_dir, ["report.html"])
     assets = run_dir / ASSETS_DIR
     (assets / "grids").mkdir(parents=True, exist_ok=True)
     stale = list((assets / "grids").glob("best_*.png"))

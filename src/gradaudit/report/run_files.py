@@ -142,3 +142,28 @@ def write_results(out: str | Path, results: Sequence, *, labels: Sequence[str] |
         if len(results) > 1:
             paths["observations"] = obs_dir
     return paths
+
+
+def write_captured(out: str | Path, observation: str | Path, rec: Reconstruction, config,
+                   legacy: str | None = None) -> dict[str, Path]:
+    """The run folder of an attack on a captured observation: grid.png (the reconstruction), metrics.json
+    (unscored: there is no ground truth), config.yaml and reconstructions.safetensors."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"grid": save_reconstruction_grid([("reconstruction", rec.images, None)], out / "grid.png")}
+    record = {"observation": str(observation), "ground_truth": None, "scores": None,
+              "reconstruction": reconstruction_record(rec)}
+    if legacy:
+        record["observation_integrity"] = legacy
+    (out / "metrics.json").write_text(json.dumps(json_ready(record), indent=2, default=str))
+    paths["metrics"] = out / "metrics.json"
+    (out / "config.yaml").write_text(config.to_yaml())
+    paths["config"] = out / "config.yaml"
+    tensors = {"images": rec.images.contiguous()}
+    if rec.labels is not None:
+        tensors["labels"] = rec.labels.to("cpu").long().contiguous()
+    save_file(tensors, str(out / "reconstructions.safetensors"))
+    paths["reconstructions"] = out / "reconstructions.safetensors"
+    return paths

@@ -20,6 +20,7 @@ are undefined there).
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
@@ -61,8 +62,9 @@ class Client:
                  knowledge: ServerKnowledge = ServerKnowledge(), seed: int | None = None) -> None:
         if protocol not in ("fedsgd", "fedavg"):
             raise ConfigError(f"unknown protocol '{protocol}'; valid: fedsgd, fedavg")
-        if protocol == "fedavg" and (local_steps < 1 or local_lr is None or local_lr <= 0):
-            raise ConfigError("fedavg needs local_steps >= 1 and local_lr > 0")
+        if protocol == "fedavg" and (local_steps < 1 or local_lr is None or not math.isfinite(local_lr)
+                                      or local_lr <= 0):
+            raise ConfigError("fedavg needs local_steps >= 1 and a finite local_lr > 0")
         self.model, self.spec, self.data = model, spec, data
         self.protocol, self.local_steps, self.local_lr = protocol, local_steps, local_lr
         self.transforms = list(transforms)

@@ -7,7 +7,10 @@ FedAvg theta_0 - theta_K after K local steps at learning rate lr), and which ext
 private labels, the batch-norm statistics of the private batch).
 
 On disk an observation is two files: ``NAME.safetensors`` (tensors only; no pickle is ever loaded) and
-``NAME.json`` (metadata plus the SHA-256 of the tensor file, so a truncated or tampered file is refused).
+``NAME.json`` (metadata plus one checksum over both files, :mod:`gradaudit.checked_files`, so a truncated or
+tampered tensor file and any edited metadata field are refused). Every metadata field is type-checked on load,
+and a model named as ``package.module:factory`` is only ever built when the caller trusts it
+(:mod:`gradaudit.trust`).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import torch
 from torch import nn
 
 from ..checked_files import pair_paths, read_checked, write_checked
-from ..errors import ObservationError
+from ..errors import ConfigError, ObservationError
 from ..models.registry import ModelSpec
 
 UpdateKind = Literal["gradient", "local_update"]
@@ -41,7 +44,18 @@ class DataSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DataSpec":
-        return cls(str(d["name"]), tuple(float(v) for v in d["mean"]), tuple(float(v) for v in d["std"]))
+        if not isinstance(d, dict):
+            raise ObservationError(f"'data' must be a mapping with name, mean and std, got {_short(d)}")
+        try:
+            spec = cls(str(d["name"]), tuple(_number(v, "data.mean") for v in d["mean"]),
+                       tuple(_number(v, "data.std") for v in d["std"]))
+        except KeyError as e:
+            raise ObservationError(f"'data' lacks {e}") from None
+        except TypeError:
+            raise ObservationError("'data.mean' and 'data.std' must be lists of numbers") from None
+        if not all(s > 0 for s in spec.std):
+            raise ObservationError(f"'data.std' must be positive, got {list(spec.std)}")
+        return spec
 
 
 @dataclass
@@ -77,6 +91,8 @@ class Observation:
     bn_statistics: list[tuple[torch.Tensor, torch.Tensor]] | None = None
     defenses: list[str] = field(default_factory=list)
     extras: dict[str, Any] = field(default_factory=dict)
+    #: None when built in memory or loaded with a full checksum; else what was not verified (``allow_legacy``)
+    legacy: str | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -84,6 +100,14 @@ class Observation:
     # ------------------------------------------------------------------ checks
     def validate(self) -> None:
         """Refuse malformed observations: missing update entries, shape mismatches, NaN/inf, bad metadata."""
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int):
+            raise ObservationError(f"batch_size must be an integer, got {_short(self.batch_size)}")
+        if isinstance(self.local_steps, bool) or not isinstance(self.local_steps, int):
+            raise ObservationError(f"local_steps must be an integer, got {_short(self.local_steps)}")
+        if self.local_lr is not None and not (isinstance(self.local_lr, (int, float))
+                                              and not isinstance(self.local_lr, bool)
+                                              and math.isfinite(self.local_lr) and self.local_lr > 0):
+            raise ObservationError(f"local_lr must be a finite number > 0 or null, got {_short(self.local_lr)}")
         if self.batch_size < 1:
             raise ObservationError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.update_kind not in ("gradient", "local_update"):
@@ -105,8 +129,25 @@ class Observation:
             for name, t in tensors.items():
                 if t.is_floating_point() and not torch.isfinite(t).all():
                     raise ObservationError(f"{kind} tensor '{name}' contains NaN or inf; refusing it")
-        if self.labels is not None and self.labels.numel() != self.batch_size:
-            raise ObservationError(f"{self.labels.numel()} labels given for batch_size {self.batch_size}")
+        if self.labels is not None:
+            if self.labels.numel() != self.batch_size:
+                raise ObservationError(f"{self.labels.numel()} labels given for batch_size {self.batch_size}")
+            if self.labels.is_floating_point() or self.labels.is_complex() or self.labels.dtype == torch.bool:
+                raise ObservationError(f"labels must be integers, got {self.labels.dtype}")
+            if self.labels.numel() and not (0 <= int(self.labels.min()) and
+                                            int(self.labels.max()) < self.model.num_classes):
+                raise ObservationError(f"labels must lie in [0, {self.model.num_classes}) for the model's "
+                                       f"{self.model.num_classes} classes, got {self.labels.tolist()[:8]}")
+        for i, (m, v) in enumerate(self.bn_statistics or []):
+            if m.shape != v.shape or m.dim() != 1:
+                raise ObservationError(f"BN statistics {i}: mean and variance must be vectors of one shape, got "
+                                       f"{tuple(m.shape)} and {tuple(v.shape)}")
+            if not (torch.isfinite(m).all() and torch.isfinite(v).all() and (v >= 0).all()):
+                raise ObservationError(f"BN statistics {i} contain NaN/inf or a negative variance; refusing them")
+        if not isinstance(self.defenses, list) or not all(isinstance(d, str) for d in self.defenses):
+            raise ObservationError(f"defenses must be a list of strings, got {_short(self.defenses)}")
+        if not isinstance(self.extras, dict):
+            raise ObservationError(f"extras must be a mapping, got {_short(self.extras)}")
         if len(self.data.mean) != self.model.input_shape[0] or len(self.data.std) != self.model.input_shape[0]:
             raise ObservationError("normalisation mean/std must have one entry per input channel")
 
@@ -148,7 +189,7 @@ class Observation:
             local_lr=self.local_lr, labels=None if self.labels is None else self.labels.to(device),
             bn_statistics=None if self.bn_statistics is None else
             [(m.to(device), v.to(device)) for m, v in self.bn_statistics],
-            defenses=list(self.defenses), extras=dict(self.extras))
+            defenses=list(self.defenses), extras=dict(self.extras), legacy=self.legacy)
 
     # --------------------------------------------------------------------- I/O
     def metadata(self) -> dict[str, Any]:
@@ -174,24 +215,86 @@ class Observation:
         return write_checked(path, tensors, self.metadata(), json_default=_json_default)
 
     @classmethod
-    def load(cls, path: str | Path) -> "Observation":
-        """Load an observation saved by :meth:`save` (either file's path, or the common stem)."""
-        tensors, meta = read_checked(path, "gradaudit-observation", ObservationError, "observation",
-                                     require_checksum=False)
+    def load(cls, path: str | Path, *, trust_code: bool = False, allow_legacy: bool = False) -> "Observation":
+        """Load an observation saved by :meth:`save` (either file's path, or the common stem).
+
+        Everything is checked before anything is built: the checksum over tensors and metadata (a file without
+        one is refused unless ``allow_legacy``; then :attr:`legacy` says what was not verified), the type of
+        every metadata field, that the tensors match what the metadata declares. The model spec is data: a
+        ``package.module:factory`` in it is built later only if ``trust_code`` (see :mod:`gradaudit.trust`).
+        """
+        pair = read_checked(path, "gradaudit-observation", ObservationError, "observation",
+                            allow_legacy=allow_legacy)
         js_path = pair_paths(path)[1]
-        pick = lambda prefix: {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}  # noqa: E731
-        bn = None
-        if meta.get("bn_statistics_known"):
-            bn = [(tensors[f"bn/{i}/mean"], tensors[f"bn/{i}/var"]) for i in range(int(meta["num_bn_layers"]))]
         try:
-            return cls(
-                model=ModelSpec.from_dict(meta["model"]), parameters=pick("parameter/"), update=pick("update/"),
-                buffers=pick("buffer/"), batch_size=int(meta["batch_size"]), data=DataSpec.from_dict(meta["data"]),
-                update_kind=meta.get("update_kind", "gradient"), local_steps=int(meta.get("local_steps", 1)),
-                local_lr=meta.get("local_lr"), labels=tensors.get("labels"), bn_statistics=bn,
-                defenses=list(meta.get("defenses", [])), extras=dict(meta.get("extras", {})))
-        except KeyError as e:
-            raise ObservationError(f"{js_path} lacks required field {e}") from None
+            obs = _from_files(cls, pair.tensors, pair.meta, trust_code)
+        except (ObservationError, ConfigError) as e:
+            raise ObservationError(f"{js_path}: {e}") from None
+        obs.legacy = pair.legacy
+        return obs
+
+
+_PREFIXES = ("parameter/", "update/", "buffer/", "bn/")
+
+
+def _short(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _number(v: Any, what: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise ObservationError(f"'{what}' must hold finite numbers, got {_short(v)}")
+    return float(v)
+
+
+def _field(meta: dict[str, Any], key: str, kinds: tuple[type, ...], default: Any = ...) -> Any:
+    """``meta[key]`` checked to be one of ``kinds`` (bool is never an int here); ``default`` when absent."""
+    if key not in meta:
+        if default is ...:
+            raise ObservationError(f"lacks required field '{key}'")
+        return default
+    v = meta[key]
+    if isinstance(v, bool) and bool not in kinds:
+        raise ObservationError(f"'{key}' must be {' or '.join(k.__name__ for k in kinds)}, got {_short(v)}")
+    if not isinstance(v, kinds):
+        names = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+        raise ObservationError(f"'{key}' must be {names}, got {_short(v)}")
+    return v
+
+
+def _from_files(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any], trust_code: bool) -> "Observation":
+    """Build an Observation from a verified pair, checking every metadata field and the tensors' names."""
+    pick = lambda prefix: {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}  # noqa: E731
+    unknown = [k for k in tensors if k != "labels" and not k.startswith(_PREFIXES)]
+    if unknown:
+        raise ObservationError(f"the tensor file holds '{unknown[0]}', which is not part of an observation")
+    model = _field(meta, "model", (dict,))
+    spec = ModelSpec.from_dict(model)
+    labels_known = _field(meta, "labels_known", (bool,), default="labels" in tensors)
+    if labels_known != ("labels" in tensors):
+        raise ObservationError(f"'labels_known' is {str(labels_known).lower()} but the tensor file "
+                               f"{'has no' if labels_known else 'has'} labels")
+    bn = None
+    if _field(meta, "bn_statistics_known", (bool,), default=False):
+        n = _field(meta, "num_bn_layers", (int,))
+        missing = [f"bn/{i}/{s}" for i in range(n) for s in ("mean", "var") if f"bn/{i}/{s}" not in tensors]
+        if n < 1 or missing:
+            raise ObservationError("'bn_statistics_known' is true but the tensor file lacks " +
+                                   (f"'{missing[0]}'" if missing else "BN statistics (num_bn_layers < 1)"))
+        bn = [(tensors[f"bn/{i}/mean"], tensors[f"bn/{i}/var"]) for i in range(n)]
+    elif any(k.startswith("bn/") for k in tensors):
+        raise ObservationError("'bn_statistics_known' is false but the tensor file has BN statistics")
+    local_lr = _field(meta, "local_lr", (int, float, type(None)), default=None)
+    return cls(
+        model=spec.trusted(trust_code), parameters=pick("parameter/"), update=pick("update/"),
+        buffers=pick("buffer/"), batch_size=_field(meta, "batch_size", (int,)),
+        data=DataSpec.from_dict(_field(meta, "data", (dict,))),
+        update_kind=_field(meta, "update_kind", (str,), default="gradient"),
+        local_steps=_field(meta, "local_steps", (int,), default=1),
+        local_lr=None if local_lr is None else float(local_lr), labels=tensors.get("labels"), bn_statistics=bn,
+        defenses=list(_field(meta, "defenses", (list,), default=[])),
+        extras=dict(_field(meta, "extras", (dict,), default={})))
 
 
 def _json_default(o: Any) -> Any:

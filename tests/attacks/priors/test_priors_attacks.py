@@ -1,5 +1,7 @@
 """Generative priors: generator shapes, checkpoints, the four presets, GIAS's vmap, the held-out protocol."""
 
+import sys
+
 import pytest
 import torch
 
@@ -148,9 +150,12 @@ def test_module_factory_generator_needs_force(tmp_path, monkeypatch, obs):
         "import torch\nfrom gradaudit.attacks.priors import DCGAN, calibrate_batchnorm\n"
         "def make():\n    torch.manual_seed(0)\n    return calibrate_batchnorm(DCGAN(8, 3, 16, 4))\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    attack = build_attack("gi-z", generator="my_prior_mod:make", iterations=2)
+    with pytest.raises(ConfigError, match="names Python code.*--trust-model-code"):  # code needs trust
+        build_attack("gi-z", generator="my_prior_mod:make", iterations=2)
+    assert "my_prior_mod" not in sys.modules  # refused before any import
+    attack = build_attack("gi-z", generator="my_prior_mod:make", iterations=2, trust_code=True)
     assert attack.reconstruct(obs).images.shape == (2, 3, 16, 16)
     with pytest.raises(ConfigError, match="records no training data"):
         check_attack_held_out(attack, "embedded", [60])
-    forced = build_attack("gi-z", generator="my_prior_mod:make", allow_train_overlap=True)
+    forced = build_attack("gi-z", generator="my_prior_mod:make", allow_train_overlap=True, trust_code=True)
     check_attack_held_out(forced, "embedded", [60])

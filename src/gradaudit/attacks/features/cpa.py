@@ -222,13 +222,13 @@ class CocktailPartyAttack(Attack):
                  device: str | torch.device = "cpu", seed: int = 0) -> None:
         if scale not in ("bias", "range"):
             raise ConfigError(f"cpa scale must be 'bias' or 'range', got '{scale}'")
-        if iterations < 0 or not lr > 0:
+        if iterations < 0 or not (math.isfinite(lr) and lr > 0):
             raise ConfigError(f"cpa needs iterations >= 0 and lr > 0, got {iterations}, {lr}")
         self.iterations, self.lr, self.decor, self.temperature = int(iterations), float(lr), float(decor), \
             float(temperature)
         self.tv, self.box, self.scale, self.layer = float(tv), float(box), scale, layer
         self.bias_rtol = float(bias_rtol)
-        if invert_iterations < 0 or not invert_lr > 0:
+        if invert_iterations < 0 or not (math.isfinite(invert_lr) and invert_lr > 0):
             raise ConfigError(f"cpa needs invert_iterations >= 0 and invert_lr > 0, got {invert_iterations}, "
                               f"{invert_lr}")
         if restarts < 1:

@@ -29,6 +29,7 @@ GPU, the feature weight searched over a log grid; the CPU defaults here are 500 
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Callable
 
@@ -113,7 +114,7 @@ class FeatureMatchingAttack(GradientMatchingAttack):
                  signed: bool = False, device: str | torch.device = "cpu", seed: int = 0) -> None:
         if feature_loss not in FEATURE_LOSSES:
             raise unknown_name("feature loss", feature_loss, FEATURE_LOSSES)
-        if not feature_weight >= 0 or not bn_weight >= 0 or not tv >= 0:
+        if not all(math.isfinite(w) and w >= 0 for w in (feature_weight, bn_weight, tv)):
             raise ConfigError(f"feature-matching weights must be >= 0, got feature_weight={feature_weight}, "
                               f"bn_weight={bn_weight}, tv={tv}")
         if subspace_above < 1 or tensor_restarts < 1 or tensor_iterations < 1:

@@ -24,7 +24,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch.func import grad, grad_and_value, vmap
 
 from ...errors import ConfigError, unknown_name
@@ -133,8 +132,11 @@ class MatchingConfig:
             raise ConfigError(f"iterations must be >= 0, got {self.iterations}")
         if self.restarts < 1:
             raise ConfigError(f"restarts must be >= 1, got {self.restarts}")
-        if not self.lr > 0:
-            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"lr must be a finite number > 0, got {self.lr}")
+        if not (isinstance(self.first_bn_weight, (int, float)) and math.isfinite(self.first_bn_weight)
+                and self.first_bn_weight >= 0):
+            raise ConfigError(f"first_bn_weight must be a finite number >= 0, got {self.first_bn_weight}")
         if self.lbfgs_inner_steps < 1 or self.log_every < 1:
             raise ConfigError("lbfgs_inner_steps and log_every must be >= 1")
         self._check_parameterization()
@@ -155,7 +157,7 @@ class MatchingConfig:
         if kind in ("latent", "generator", "gias") and not self.generator:
             raise ConfigError(f"parameterization '{kind}' needs a generator: generator=PATH of a checkpoint "
                               f"(train one with 'gradaudit prior train') or package.module:factory")
-        if self.latent_iterations < 0 or not self.latent_lr > 0:
+        if self.latent_iterations < 0 or not (math.isfinite(self.latent_lr) and self.latent_lr > 0):
             raise ConfigError("latent_iterations must be >= 0 and latent_lr > 0")
 
 

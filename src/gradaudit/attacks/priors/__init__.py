@@ -26,10 +26,10 @@ def check_attack_held_out(attack, dataset: str, indices, split: str = "train") -
         return
     if cfg.allow_train_overlap:
         return
-    from .checkpoint import _base
+    from .checkpoint import is_generator_factory
 
-    if not _base(str(path)).with_suffix(".json").exists() and ":" in str(path):
+    if is_generator_factory(path):
         meta = {"training": None}  # a module:factory generator has no recorded provenance
     else:
-        meta = read_generator_meta(path)
+        meta = read_generator_meta(path, allow_legacy=getattr(attack, "allow_legacy", False))
     check_held_out(meta, dataset, list(indices), split)

@@ -137,7 +137,8 @@ def reconstruct_with_prior(attack, observation: Observation, progress: ProgressF
         plan = [("latent", cfg.latent_iterations, cfg.latent_lr), ("gias", cfg.iterations, cfg.lr)]
     else:
         plan = [(kind, cfg.iterations, cfg.lr)]
-    loaded = None if kind == "dip" else load_generator(cfg.generator, attack.device)
+    loaded = None if kind == "dip" else load_generator(cfg.generator, attack.device, trust_code=attack.trust_code,
+                                                       allow_legacy=attack.allow_legacy)
     return invert(attack, observation, loaded, plan, progress)[0]
 
 
@@ -206,7 +207,9 @@ def invert(attack, observation: Observation, loaded: LoadedGenerator | None, pla
     out_labels = label_param[best].argmax(-1) if joint else label_param[best]
     info = {**asdict(cfg), "seed": attack.seed}
     if meta:
-        info["generator_meta"] = {k: meta.get(k) for k in ("kind", "kwargs", "training_steps", "sha256")}
+        info["generator_meta"] = {k: meta.get(k) for k in ("kind", "kwargs", "training_steps", "integrity")}
+        if loaded.legacy:
+            info["generator_meta"]["legacy"] = loaded.legacy
     rec = Reconstruction(
         images=images, labels=out_labels.detach().cpu(), attack=attack.name, matching_loss=float(final[best]),
         restart_losses=[float(v) for v in final], history=history, iterations=total_its,

@@ -15,7 +15,6 @@ provenance and raises :class:`~gradaudit.errors.ConfigError` on any overlap, unl
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,8 +23,9 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import nn
 
-from ...checked_files import read_checked, write_checked
+from ...checked_files import CheckedPair, read_checked, write_checked
 from ...errors import ConfigError, GradauditError
+from ...trust import is_code_reference, load_code_reference
 from .generators import build_generator
 
 FORMAT = "gradaudit-generator"
@@ -47,9 +47,9 @@ def save_checked(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[
     return write_checked(_base(path), tensors, meta)
 
 
-def load_checked(path: str | Path, fmt: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def load_checked(path: str | Path, fmt: str, *, allow_legacy: bool = False) -> CheckedPair:
     """Read a pair written by :func:`save_checked`; refuse a wrong format, a bad checksum or a corrupt file."""
-    return read_checked(_base(path), fmt, CheckpointError, "checkpoint")
+    return read_checked(_base(path), fmt, CheckpointError, "checkpoint", allow_legacy=allow_legacy)
 
 
 def index_ranges(indices: Iterable[int]) -> list[list[int]]:
@@ -134,47 +134,53 @@ def save_generator(path: str | Path, generator: nn.Module, *, provenance: Proven
 class LoadedGenerator:
     module: nn.Module
     meta: dict[str, Any]
+    #: None for a verified checkpoint (or a factory), else what was not verified (``allow_legacy``)
+    legacy: str | None = None
 
     @property
     def latent_dim(self) -> int | None:
         return self.meta.get("latent_dim")
 
 
-def read_generator_meta(path: str | Path) -> dict[str, Any]:
-    """The checkpoint's JSON metadata (not verified against the tensors; :func:`load_generator` does that)."""
-    js = _base(path).with_suffix(".json")
-    if not js.is_file():
-        raise CheckpointError(f"checkpoint file not found: {js}")
-    try:
-        return json.loads(js.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{js} is not valid JSON: {e}") from None
+def read_generator_meta(path: str | Path, *, allow_legacy: bool = False) -> dict[str, Any]:
+    """The checkpoint's JSON metadata, verified with its tensors (the held-out check relies on its provenance)."""
+    return load_checked(path, FORMAT, allow_legacy=allow_legacy).meta
 
 
-def load_generator(spec: str | Path, device: str | torch.device = "cpu") -> LoadedGenerator:
+def is_generator_factory(spec: str | Path) -> bool:
+    """True when ``spec`` names a ``package.module:factory`` rather than a checkpoint on disk."""
+    text = str(spec)
+    return is_code_reference(text) and not _base(text).with_suffix(".json").exists() and not Path(text).exists()
+
+
+def load_generator(spec: str | Path, device: str | torch.device = "cpu", *, trust_code: bool = False,
+                   allow_legacy: bool = False) -> LoadedGenerator:
     """Load a generator: a checkpoint path (NAME, NAME.json or NAME.safetensors) or ``package.module:factory``.
 
     A factory must return an ``nn.Module`` mapping latents ``[N, latent_dim]`` to images ``[N, C, H, W]`` in
     [-1, 1] and expose ``latent_dim`` (how user-supplied weights such as a StyleGAN are plugged in); its
-    provenance is unknown, so the held-out check refuses it unless forced.
+    provenance is unknown, so the held-out check refuses it unless forced. A factory is code: it is imported
+    only with ``trust_code=True`` (``--trust-model-code``; :mod:`gradaudit.trust`). ``allow_legacy`` reads a
+    checkpoint whose checksum does not cover its metadata (see :mod:`gradaudit.checked_files`).
     """
     text = str(spec)
     base = _base(text)
-    if ":" in text and not base.with_suffix(".json").exists() and not Path(text).exists():
-        mod_name, _, fn_name = text.partition(":")
-        try:
-            module = getattr(importlib.import_module(mod_name), fn_name)()
-        except (ImportError, AttributeError) as e:
-            raise ConfigError(f"cannot build generator '{text}': {e}") from None
+    if is_generator_factory(text):
+        factory = load_code_reference(text, "generator", trust_code)
+        module = factory()
         if not isinstance(module, nn.Module) or not hasattr(module, "latent_dim"):
             raise ConfigError(f"generator factory '{text}' must return an nn.Module with a latent_dim attribute")
         meta = {"format": FORMAT, "kind": "factory", "factory": text, "latent_dim": int(module.latent_dim),
                 "training": None}
         return LoadedGenerator(module.to(device).eval(), meta)
-    tensors, meta = load_checked(text, FORMAT)
-    module = build_generator(meta["kind"], **meta["kwargs"])
+    pair = load_checked(text, FORMAT, allow_legacy=allow_legacy)
+    tensors, meta = pair.tensors, pair.meta
+    try:
+        module = build_generator(meta["kind"], **meta["kwargs"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{base}: metadata does not describe a generator ({type(e).__name__}: {e})") from None
     try:
         module.load_state_dict(tensors, strict=True)
     except RuntimeError as e:
         raise CheckpointError(f"{base}: tensors do not fit a {meta['kind']} with {meta['kwargs']}: {e}") from None
-    return LoadedGenerator(module.to(device).eval(), meta)
+    return LoadedGenerator(module.to(device).eval(), meta, legacy=pair.legacy)

@@ -30,6 +30,7 @@ victim weights and RNG state; a run with the same ``DIR`` resumes.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -79,8 +80,10 @@ class GIMLConfig:
                 raise ConfigError(f"GIML: {name} must be >= 1, got {getattr(self, name)}")
         if self.latent_iterations < 0 or self.finetune_iterations < 0:
             raise ConfigError("GIML: iteration counts must be >= 0")
-        if not all(v > 0 for v in (self.latent_lr, self.finetune_lr, self.meta_lr, self.drift_lr)):
-            raise ConfigError("GIML: learning rates must be > 0")
+        if not all(math.isfinite(v) and v > 0 for v in (self.latent_lr, self.finetune_lr, self.meta_lr, self.drift_lr)):
+            raise ConfigError("GIML: learning rates must be finite and > 0")
+        if not all(math.isfinite(v) and v >= 0 for v in (self.tv, self.z_norm)):
+            raise ConfigError("GIML: regularizer weights must be finite and >= 0")
         if self.meta_optimizer not in ("sgd", "adam"):
             from ...errors import unknown_name
 
@@ -88,8 +91,11 @@ class GIMLConfig:
 
 
 def meta_learn(cfg: GIMLConfig, out: str | Path, *, resume: bool = True,
-               progress: MetaProgress | None = None) -> dict:
-    """Run (or resume) GIML into ``out``; the prior is ``out/generator``. Returns a summary."""
+               progress: MetaProgress | None = None, trust_code: bool = False) -> dict:
+    """Run (or resume) GIML into ``out``; the prior is ``out/generator``. Returns a summary.
+
+    ``trust_code``: ``cfg.model`` may be a ``package.module:factory`` the caller trusts (:mod:`gradaudit.trust`).
+    """
     from ...data import load_dataset
     from ...models.registry import ModelSpec, build_model
     from ...threat.client import Client, ServerKnowledge
@@ -97,7 +103,9 @@ def meta_learn(cfg: GIMLConfig, out: str | Path, *, resume: bool = True,
     from ..matching.engine import GradientMatchingAttack, MatchingConfig
     from .attack import invert
 
-    out = Path(out)
+    from ...checks import check_output_dir
+
+    out = check_output_dir(out)
     ds = load_dataset(cfg.dataset, root=cfg.root, split=cfg.split)
     pool = list(range(len(ds))) if cfg.indices is None else list(cfg.indices)
     drop = set(cfg.exclude_labels)
@@ -105,7 +113,7 @@ def meta_learn(cfg: GIMLConfig, out: str | Path, *, resume: bool = True,
     if len(pool) < cfg.task_batch:
         raise ConfigError(f"GIML: the client pool has {len(pool)} images, fewer than task_batch={cfg.task_batch}")
     c, h, w = ds.shape
-    spec = ModelSpec(cfg.model, ds.num_classes, ds.shape)
+    spec = ModelSpec(cfg.model, ds.num_classes, ds.shape, trust_code=trust_code)
     data = DataSpec(ds.name, tuple(ds.mean), tuple(ds.std))
     gen = torch.Generator().manual_seed(cfg.seed)
     with torch.random.fork_rng(devices=[]):
@@ -117,7 +125,8 @@ def meta_learn(cfg: GIMLConfig, out: str | Path, *, resume: bool = True,
     done, seconds, losses = 0, 0.0, []
     last = out / "last"
     if resume and last.with_suffix(".json").exists():
-        tensors, meta = load_checked(last, STATE_FORMAT)
+        state = load_checked(last, STATE_FORMAT)
+        tensors, meta = state.tensors, state.meta
         for key in ("dataset", "split", "indices", "exclude_labels", "model", "width", "latent_dim",
                     "meta_optimizer"):
             if meta["config"].get(key) != asdict(cfg).get(key):

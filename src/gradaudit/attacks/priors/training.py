@@ -20,6 +20,7 @@ latents goes to ``DIR/samples/step_NNNNNN.png``.
 from __future__ import annotations
 
 import copy
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -68,7 +69,7 @@ class TrainConfig:
         for name in ("steps", "batch_size", "latent_dim", "width", "sample_every", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"prior training: {name} must be >= 1, got {getattr(self, name)}")
-        if not (self.lr > 0 and 0 <= self.beta1 < 1):
+        if not (math.isfinite(self.lr) and self.lr > 0 and 0 <= self.beta1 < 1):
             raise ConfigError(f"prior training: lr must be > 0 and beta1 in [0, 1), got {self.lr}, {self.beta1}")
         if self.photo_crops and self.dataset != "embedded":
             raise ConfigError("photo_crops applies to the embedded dataset only")
@@ -143,9 +144,10 @@ def _restore_optimizer(prefix: str, opt: torch.optim.Optimizer, tensors, groups)
 def train_dcgan(cfg: TrainConfig, out: str | Path, *, resume: bool = True,
                 progress: TrainProgress | None = None) -> dict:
     """Train (or resume training) a DCGAN prior into ``out``; returns a summary (steps, seconds, paths)."""
+    from ...checks import check_output_dir
     from ...report.grid import save_reconstruction_grid
 
-    out = Path(out)
+    out = check_output_dir(out)
     gen = torch.Generator().manual_seed(cfg.seed)
     data, provenance = _training_images(cfg, gen)
     c, h, w = data.shape[1:]
@@ -159,7 +161,8 @@ def train_dcgan(cfg: TrainConfig, out: str | Path, *, resume: bool = True,
     step, elapsed = 0, 0.0
     last = out / "last"
     if resume and last.with_suffix(".json").exists():
-        tensors, meta = load_checked(last, STATE_FORMAT)
+        state = load_checked(last, STATE_FORMAT)
+        tensors, meta = state.tensors, state.meta
         saved = meta["config"]
         for key in ("dataset", "split", "latent_dim", "width", "indices", "exclude_labels", "photo_crops"):
             if saved.get(key) != asdict(cfg).get(key):

@@ -13,25 +13,20 @@ not stop the sweep (the exit status stays 0: failed cells are results too).
 
 from __future__ import annotations
 
-import sys
 from enum import Enum
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-console = Console(width=None if sys.stdout.isatty() else 110)
+from .options import trust_option
+from .ui import console, fmt
 
 
 class ExecutorName(str, Enum):
     local = "local"
     ray = "ray"
-
-
-def _fmt(v, digits: int = 2) -> str:
-    return "-" if v is None else f"{v:.{digits}f}"
 
 
 def summary_tables(summary) -> list[Table]:
@@ -41,14 +36,14 @@ def summary_tables(summary) -> list[Table]:
         run.add_column(col, justify="left" if col == "executor" else "right")
     cpm = summary.cells_per_minute
     run.add_row(str(summary.total), str(summary.done), str(summary.failed), str(summary.skipped),
-                f"{summary.executor} x{summary.workers}", f"{summary.seconds:.1f}", _fmt(cpm, 1))
+                f"{summary.executor} x{summary.workers}", f"{summary.seconds:.1f}", fmt(cpm, 1))
     best = Table(title="Strongest attack per defense (highest mean PSNR over samples = lowest error)")
     for col in ("defense", "B", "strongest attack", "PSNR (dB)", "SSIM", "label acc", "done", "failed"):
         best.add_column(col, justify="left" if col in ("defense", "strongest attack") else "right",
                         no_wrap=col == "defense")
     for r in summary.rows:
-        best.add_row(r["defense"], str(r["batch_size"]), r["attack"] or "-", _fmt(r["psnr"]), _fmt(r["ssim"], 3),
-                     _fmt(r["label_acc"]), f"{r['done']}/{r['total']}",
+        best.add_row(r["defense"], str(r["batch_size"]), r["attack"] or "-", fmt(r["psnr"]), fmt(r["ssim"], 3),
+                     fmt(r["label_acc"]), f"{r['done']}/{r['total']}",
                      f"[red]{r['failed']}[/red]" if r["failed"] else "0")
     return [run, best]
 
@@ -71,15 +66,16 @@ def register(app: typer.Typer) -> None:
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
         retry_failed: bool = typer.Option(False, "--retry-failed",
                                           help="Run again the cells an earlier run recorded as failed."),
+        trust_model_code: bool = trust_option(),
     ) -> None:
         """Run a sweep of attacks x defenses x batch sizes into --out, resuming whatever is already there."""
-        from .evaluation.runner import run_sweep
-        from .evaluation.sweep import load_sweep
+        from ..evaluation.runner import run_sweep
+        from ..evaluation.sweep import load_sweep
 
         sweep = load_sweep(sweep_yaml, set_)
         summary = run_sweep(sweep, out, executor=executor.value, workers=workers, ray_address=ray_address,
                             progress=progress, threads=threads, console=console,
-                            retry_failed=retry_failed)
+                            retry_failed=retry_failed, trust_code=trust_model_code)
         if summary.retried:
             console.print(f"retried {summary.retried} cell(s) recorded as failed by an earlier run")
         for table in summary_tables(summary):

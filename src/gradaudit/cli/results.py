@@ -18,7 +18,10 @@ from typing import Optional
 
 import typer
 
-from .errors import ConfigError
+from ..errors import ConfigError
+from .options import download_option, trust_option
+from .ui import console, fmt, print_files
+from .ui import progress_bar as _progress
 
 
 def register(app: typer.Typer) -> None:
@@ -34,7 +37,9 @@ def register(app: typer.Typer) -> None:
                                   "baseline is always measured."),
         dataset: str = typer.Option("embedded", help="embedded | fashion-mnist | cifar10 | cifar100 | ..."),
         data_root: Optional[str] = typer.Option(None, help="Dataset folder."),
-        model: str = typer.Option("lenet", help="lenet | convnet | resnet18 | mlp | package.module:factory"),
+        download: bool = download_option(),
+        model: str = typer.Option("lenet", help="lenet | convnet | resnet18 | mlp | package.module:factory "
+                                                "(with --trust-model-code)"),
         model_kwargs: Optional[str] = typer.Option(
             None, help='Model keyword arguments as JSON, e.g. \'{"width": 16}\'.'),
         clients: Optional[int] = typer.Option(None, help="Number of clients (default 4)."),
@@ -51,38 +56,40 @@ def register(app: typer.Typer) -> None:
             None, "--sweep", help="Take the defenses, dataset, model and protocol from this sweep file (e.g. the "
                                   "run folder's sweep.yaml), so the utility rows join the sweep's cells; "
                                   "--defense adds more, explicit --dataset/--model/--protocol win."),
+        trust_model_code: bool = trust_option(),
     ) -> None:
         """Measure the utility cost of defenses (final training loss, test accuracy) and store it in --out."""
         from rich.table import Table
 
-        from .cli import _fmt, _progress, console
-        from .evaluation.analysis import utility_losses
-        from .evaluation.store import ResultsStore
-        from .evaluation.utility import (DEFAULT_BATCH_SIZE, DEFAULT_CLIENTS, DEFAULT_LR, DEFAULT_ROUNDS,
-                                         defense_label, store_utility)
+        from ..data import load_dataset
+        from ..evaluation.analysis import utility_losses
+        from ..evaluation.store import ResultsStore
+        from ..evaluation.utility import DEFAULT_BATCH_SIZE, DEFAULT_CLIENTS, DEFAULT_LR, DEFAULT_ROUNDS, run_utility
 
-        kwargs_dict = None
-        if sweep is not None:
-            defense, dataset, model, kwargs_dict, protocol, local_steps = _from_sweep(
-                ctx, sweep, defense, dataset, model, protocol, local_steps)
+        args = {"dataset": dataset, "data_root": data_root, "model": model, "model_kwargs": None,
+                "protocol": protocol, "local_steps": local_steps}
         if model_kwargs:
             try:
-                kwargs_dict = json.loads(model_kwargs)
+                args["model_kwargs"] = json.loads(model_kwargs)
             except json.JSONDecodeError as e:
                 raise ConfigError(f"--model-kwargs is not valid JSON: {e}") from None
-            if not isinstance(kwargs_dict, dict):
+            if not isinstance(args["model_kwargs"], dict):
                 raise ConfigError(f"--model-kwargs must be a JSON object, got {model_kwargs}")
-        for spec in defense:
-            defense_label(spec)  # validate every spec before any training
-        kwargs = dict(dataset=dataset, data_root=data_root, model=model, model_kwargs=kwargs_dict,
-                      clients=DEFAULT_CLIENTS if clients is None else clients,
+        if sweep is not None:
+            from ..api.utility import utility_from_sweep
+
+            given = {k: v for k, v in args.items() if _given(ctx, k)}
+            args = utility_from_sweep(sweep, defense, explicit=given)
+            defense = args.pop("defenses")
+        kwargs = dict(args, clients=DEFAULT_CLIENTS if clients is None else clients,
                       rounds=DEFAULT_ROUNDS if rounds is None else rounds,
                       batch_size=DEFAULT_BATCH_SIZE if batch_size is None else batch_size,
-                      lr=DEFAULT_LR if lr is None else lr, protocol=protocol, local_steps=local_steps,
-                      train_size=train_size, test_size=test_size, seed=seed)
-        if out.exists() and not out.is_dir():
-            raise ConfigError(f"--out '{out}' exists and is not a folder")
-        with ResultsStore(out) as store, _progress() as progress:
+                      lr=DEFAULT_LR if lr is None else lr, train_size=train_size, test_size=test_size, seed=seed,
+                      trust_code=trust_model_code)
+        if download:
+            for split in ("train", "test"):
+                load_dataset(kwargs["dataset"], root=kwargs["data_root"], split=split, download=True)
+        with _progress() as progress:
             task = {"id": None}
 
             def on_start(key: str, label: str) -> None:
@@ -91,57 +98,38 @@ def register(app: typer.Typer) -> None:
             def update(done: int, total: int, loss: float) -> None:
                 progress.update(task["id"], completed=done, total=total, loss=f"{loss:.3g}")
 
-            results = store_utility(store, defense, on_start=on_start, progress=update, **kwargs)
-            wanted = {r.key for r, _ in results}
+            results = run_utility(out, defense, on_start=on_start, progress=update, **kwargs)
+        with ResultsStore(out, create=False) as store:
             rel = {row["key"]: row for row in utility_losses(store)}
-        table = Table(title=f"Utility of each defense: {model} on {dataset}, {kwargs['clients']} clients, "
-                            f"{kwargs['rounds']} rounds, {protocol}")
+        table = Table(title=f"Utility of each defense: {kwargs['model']} on {kwargs['dataset']}, "
+                            f"{kwargs['clients']} clients, {kwargs['rounds']} rounds, {kwargs['protocol']}")
         for col in ("defense", "final train loss", "utility loss", "test acc", "acc drop", "time (s)", "run"):
             table.add_column(col, justify="left" if col in ("defense", "run") else "right")
         for row, new in results:
             r = rel.get(row.key, {})
             diverged = row.config.get("diverged_at_round")
-            loss = f"diverged (round {diverged})" if diverged else _fmt(row.final_train_loss, 4)
-            table.add_row(row.defense, loss, _fmt(r.get("utility_loss"), 4),
-                          _fmt(row.test_accuracy, 3), _fmt(r.get("accuracy_drop"), 3), _fmt(row.seconds, 1),
+            loss = f"diverged (round {diverged})" if diverged else fmt(row.final_train_loss, 4)
+            table.add_row(row.defense, loss, fmt(r.get("utility_loss"), 4),
+                          fmt(row.test_accuracy, 3), fmt(r.get("accuracy_drop"), 3), fmt(row.seconds, 1),
                           "measured" if new else "stored")
         console.print(table)
-        console.print(f"Stored in {out / 'results.sqlite'} ({len(wanted)} utility rows). "
+        console.print(f"Stored in {out / 'results.sqlite'} ({len(results)} utility rows). "
                       f"Build the report with: gradaudit report {out}")
 
-    def _from_sweep(ctx: typer.Context, path: Path, defense: list[str], dataset: str, model: str,
-                    protocol: str, local_steps: int):
-        """The sweep's defense chains and base data / model / protocol, unless given explicitly on the CLI."""
-        from .config import RunConfig
-        from .evaluation.sweep import load_sweep
-
-        def given(name: str) -> bool:
-            src = ctx.get_parameter_source(name)
-            return src is not None and src.name == "COMMANDLINE"
-
-        sw = load_sweep(path)
-        base = RunConfig.model_validate(sw.base)
-        chains = ["+".join(specs) for specs in sw.defenses if specs]
-        return ([*chains, *(d for d in defense if d not in chains)],
-                dataset if given("dataset") else base.data.name,
-                model if given("model") else base.model.name,
-                None if given("model") else (dict(base.model.kwargs) or None),
-                protocol if given("protocol") else base.threat.protocol,
-                local_steps if given("local_steps") else base.threat.local_steps)
+    def _given(ctx: typer.Context, name: str) -> bool:
+        src = ctx.get_parameter_source(name)
+        return src is not None and src.name == "COMMANDLINE"
 
     @app.command()
     def report(run_dir: Path = typer.Argument(..., help="Run folder holding results.sqlite."),
                metric: str = typer.Option("psnr", help="Rank attacks by: psnr | ssim | mse | rmse | lpips."),
                ) -> None:
         """Write RUN_DIR/report.html (self-contained) plus tables (Markdown, CSV) and plots (PNG, SVG)."""
-        from .cli import _print_files, console
-        from .evaluation.analysis import METRICS
-        from .report.html import report_files, write_report
+        from ..evaluation.analysis import METRICS
+        from ..report.html import report_files, write_report
 
-        if not run_dir.is_dir():
-            raise ConfigError(f"run folder '{run_dir}' does not exist")
         if metric not in METRICS:
             raise ConfigError(f"unknown metric '{metric}'; valid: {', '.join(METRICS)}")
         path = write_report(run_dir, metric=metric)
-        _print_files(report_files(run_dir))
+        print_files(report_files(run_dir))
         console.print(f"Open {path} in a browser (one self-contained file).")

@@ -15,7 +15,10 @@ from typing import Optional
 
 import typer
 
-from .errors import ConfigError
+from ..errors import ConfigError
+from .options import download_option, trust_option
+from .ui import console
+from .ui import progress_bar as _progress
 
 
 def _int_list(text: Optional[str], what: str) -> list[int]:
@@ -29,6 +32,14 @@ def _int_list(text: Optional[str], what: str) -> list[int]:
     except ValueError:
         raise ConfigError(f"{what} must be comma-separated integers or start:stop ranges, got '{text}'") from None
     return out
+
+
+def _fetch(download: bool, dataset: str, root: Optional[str], split: str) -> None:
+    """``--download``: fetch the dataset's files now (a no-op when they are already found)."""
+    if download:
+        from ..data import load_dataset
+
+        load_dataset(dataset, root=root, split=split, download=True)
 
 
 def register(app: typer.Typer) -> None:
@@ -55,16 +66,17 @@ def register(app: typer.Typer) -> None:
         checkpoint_every: int = typer.Option(100, help="Checkpoint every N steps."),
         seed: int = typer.Option(0, help="Seed."),
         resume: bool = typer.Option(True, help="Resume from OUT/last when it exists."),
+        download: bool = download_option(),
     ) -> None:
         """Train the DCGAN prior (Adam 2e-4, beta1 0.5) with a progress bar, sample grids and resume."""
-        from .attacks.priors.training import TrainConfig, train_dcgan
-        from .cli import _progress, console
+        from ..attacks.priors.training import TrainConfig, train_dcgan
 
         cfg = TrainConfig(dataset=data, root=data_root, split=split,
                           indices=_int_list(indices, "--indices") or None,
                           exclude_labels=_int_list(exclude_labels, "--exclude-labels"), photo_crops=photo_crops,
                           augment=augment, steps=steps, batch_size=batch_size, width=width, latent_dim=latent_dim,
                           lr=lr, sample_every=sample_every, checkpoint_every=checkpoint_every, seed=seed)
+        _fetch(download, data, data_root, split)
         with _progress() as progress:
             task = progress.add_task(f"DCGAN / {data}", total=steps, loss="-")
 
@@ -98,10 +110,11 @@ def register(app: typer.Typer) -> None:
         checkpoint_every: int = typer.Option(5, help="Checkpoint every N tasks."),
         seed: int = typer.Option(0, help="Seed."),
         resume: bool = typer.Option(True, help="Resume from OUT/generator when it exists."),
+        download: bool = download_option(),
+        trust_model_code: bool = trust_option(),
     ) -> None:
         """GIML: learn a generator from a stream of observations only (Reptile over latent search + fine-tuning)."""
-        from .attacks.priors.giml import GIMLConfig, meta_learn as run
-        from .cli import _progress, console
+        from ..attacks.priors.giml import GIMLConfig, meta_learn as run
 
         cfg = GIMLConfig(dataset=data, root=data_root, split=split, indices=_int_list(indices, "--indices") or None,
                          exclude_labels=_int_list(exclude_labels, "--exclude-labels"), model=model, tasks=tasks,
@@ -109,12 +122,13 @@ def register(app: typer.Typer) -> None:
                          finetune_iterations=finetune_iterations, width=width, drift_every=drift_every,
                          meta_optimizer=meta_optimizer, meta_lr=meta_lr,
                          checkpoint_every=checkpoint_every, seed=seed)
+        _fetch(download, data, data_root, split)
         with _progress() as progress:
             task = progress.add_task(f"GIML / {data}", total=tasks, loss="-")
 
             def update(done: int, total: int, loss: float) -> None:
                 progress.update(task, completed=done, total=total, loss=f"{loss:.3g}")
 
-            summary = run(cfg, out, resume=resume, progress=update)
+            summary = run(cfg, out, resume=resume, progress=update, trust_code=trust_model_code)
         console.print(f"Meta-learned over {summary['tasks']} tasks ({summary['seconds']:.0f} s); prior "
                       f"{summary['generator']} (use: --attack gias --generator {summary['generator']})")

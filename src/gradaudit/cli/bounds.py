@@ -13,7 +13,7 @@ from typing import Optional
 
 import typer
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 def _floats(text: Optional[str], name: str) -> Optional[tuple[float, ...]]:
@@ -45,7 +45,7 @@ def register(app: typer.Typer) -> None:
         from rich.progress import Progress
         from rich.table import Table
 
-        from .theory.two_layer import (BoundsConfig, dropout_equivalence, run_bounds, write_outputs)
+        from ..theory.two_layer import (BoundsConfig, dropout_equivalence, run_bounds, write_outputs)
 
         cfg = BoundsConfig.full() if full else BoundsConfig()
         overrides = {"d_values": _floats(d_values, "d"), "width_values": _floats(width_values, "m"),
