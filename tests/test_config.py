@@ -186,7 +186,16 @@ def test_attack_params_reach_any_attack_and_unknown_ones_are_refused():
     attack = build_attack(cfg.preset, **cfg.overrides())
     assert attack.decor == 0.5 and attack.iterations == 7
     assert build_attack("dlg", **AttackConfig(preset="dlg", params={"lr": 0.5}).overrides()).config.lr == 0.5
-    with pytest.raises(ConfigError, match="no hyper-parameter 'bogus'"):
-        build_attack("dlg", **AttackConfig(preset="dlg", params={"bogus": 1}).overrides())
-    with pytest.raises(ConfigError, match="given twice"):
-        AttackConfig(preset="dlg", iterations=3, params={"iterations": 4}).overrides()
+    with pytest.raises(ConfigError, match="no hyper-parameter 'bogus'"):  # the attack itself checks too
+        build_attack("dlg", bogus=1)
+    # ... and a config refuses it while parsing, before any work, by the attack's own schema
+    for attack, message in (({"preset": "dlg", "params": {"bogus": 1}}, "unknown config key 'attack.bogus'"),
+                            ({"preset": "cpa", "decr": 1}, "did you mean 'attack.decor'"),
+                            ({"preset": "dlg", "iterations": 3, "params": {"iterations": 4}}, "given twice"),
+                            ({"preset": "cpa", "iterations": "many"}, "invalid config value for 'attack.iterations'"),
+                            ({"preset": "dlg", "lr": -1}, "invalid config value for 'attack.lr'"),
+                            ({"preset": "dlgg"}, "unknown attack 'dlgg'")):
+        with pytest.raises(ConfigError, match=message):
+            parse_config({"attack": attack})
+    flat = parse_config({"attack": {"preset": "dlg", "params": {"lr": 1}}}).attack
+    assert flat.overrides() == {"lr": 1.0} and flat.model_dump() == {"preset": "dlg", "lr": 1.0}

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import ConfigError
+from .errors import ConfigError, GradauditError, unknown_name
 
 
 class _Strict(BaseModel):
@@ -33,8 +33,12 @@ class DataConfig(_Strict):
 
 
 class ModelConfig(_Strict):
+    """The victim architecture (``name``, ``kwargs``) and, optionally, its weights: a safetensors state dict
+    (``weights``) such as a model mid-training; without it the weights are a fresh initialisation from the seed."""
+
     name: str = "lenet"
     kwargs: dict[str, Any] = Field(default_factory=dict)
+    weights: Optional[str] = None
 
     @field_validator("kwargs")
     @classmethod
@@ -52,48 +56,75 @@ class ThreatConfig(_Strict):
     bn_statistics_known: bool = False
 
 
-class AttackConfig(_Strict):
-    """A preset plus optional overrides of its hyper-parameters (None keeps the preset's value)."""
+class AttackConfig(BaseModel):
+    """An attack preset and the hyper-parameters that override its defaults, flat::
+
+        attack: {preset: inverting-gradients, iterations: 400, regularizers: {tv: 0.01}, tune: "off"}
+
+    Which hyper-parameters exist, their types and bounds are the attack's own (found by introspection:
+    :func:`gradaudit.attacks.registry.attack_schema`), so this schema never copies the attack's fields. A
+    nested ``params:`` mapping is accepted too and merged into the top level. Unknown names (with a
+    suggestion), wrong types, inf/nan and options only the caller may set are refused while parsing.
+    """
+
+    model_config = ConfigDict(extra="allow")
 
     preset: str = "inverting-gradients"
-    iterations: Optional[int] = Field(default=None, ge=0)
-    restarts: Optional[int] = Field(default=None, ge=1)
-    lr: Optional[float] = Field(default=None, gt=0)
-    distance: Optional[str] = None
-    regularizers: Optional[dict[str, float]] = None
-    optimizer: Optional[str] = None
-    signed: Optional[bool] = None
-    schedule: Optional[str] = None
-    boxed: Optional[bool] = None
-    init: Optional[str] = None
-    labels: Optional[str] = None
-    first_bn_weight: Optional[float] = Field(default=None, ge=0)
-    lbfgs_inner_steps: Optional[int] = Field(default=None, ge=1)
-    vectorize: Optional[bool] = None
-    #: any other hyper-parameter of the attack, by the name its constructor takes (e.g. CPA's ``decor``, a
-    #: generative prior's ``generator``); checked against the attack when it is built
-    params: Optional[dict[str, Any]] = None
 
-    @field_validator("params")
+    @model_validator(mode="before")
     @classmethod
-    def _params(cls, v: Optional[dict[str, Any]]) -> Optional[dict[str, Any]]:
-        for key in (v or {}):
-            if key in _CALLER_ONLY:
-                raise ValueError(f"'{key}' is not an attack hyper-parameter: it is the caller's choice "
-                                 "(a command-line option or an API argument), never a config's")
-            if key in ("device", "seed"):
-                raise ValueError(f"'{key}' is not an attack hyper-parameter; set it at the top level of the "
-                                 f"config ({key}: ...)")
-        _check_finite(v, "attack.params")
-        return v
-
-    def overrides(self) -> dict[str, Any]:
-        out = {k: v for k, v in self.model_dump().items() if k not in ("preset", "params") and v is not None}
-        for k, v in (self.params or {}).items():
+    def _flatten_params(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("tune"), bool):  # YAML reads a bare off / on as a bool
+            data = {**data, "tune": "auto" if data["tune"] else "off"}
+        if not isinstance(data, dict) or data.get("params") is None:
+            return {k: v for k, v in data.items() if k != "params"} if isinstance(data, dict) else data
+        params = data["params"]
+        if not isinstance(params, dict):
+            raise ConfigError(f"attack.params must be a mapping of hyper-parameters, got {params!r}")
+        out = {k: v for k, v in data.items() if k != "params"}
+        for k, v in params.items():
             if k in out:
                 raise ConfigError(f"attack hyper-parameter '{k}' is given twice (as attack.{k} and in attack.params)")
             out[k] = v
         return out
+
+    @model_validator(mode="after")
+    def _check_params(self) -> "AttackConfig":
+        from .attacks.registry import attack_names, attack_schema
+
+        if self.preset not in attack_names():
+            raise unknown_name("attack", self.preset, attack_names())
+        given = dict(self.__pydantic_extra__ or {})
+        for key in given:
+            if key in _CALLER_ONLY:
+                raise ConfigError(f"attack.{key} is not an attack hyper-parameter: it is the caller's choice (a "
+                                  "command-line option or an API argument), never a config's")
+            if key in ("device", "seed"):
+                raise ConfigError(f"attack.{key} is not an attack hyper-parameter; set it at the top level of "
+                                  f"the config ({key}: ...)")
+        _check_finite(given, "attack")
+        schema = attack_schema(self.preset)
+        try:
+            checked = schema.model_validate(given)
+        except ValidationError as e:
+            first = e.errors()[0]
+            key = ".".join(str(p) for p in first["loc"])
+            if first["type"] == "extra_forbidden":
+                close = difflib.get_close_matches(key, list(schema.model_fields), n=1, cutoff=0.6)
+                hint = f" (did you mean 'attack.{close[0]}'?)" if close else ""
+                raise ConfigError(f"unknown config key 'attack.{key}'{hint}; attack '{self.preset}' takes: "
+                                  f"{', '.join(schema.model_fields)}") from None
+            raise ConfigError(f"invalid config value for 'attack.{key}': {first['msg']}") from None
+        self.__pydantic_extra__ = {k: getattr(checked, k) for k in given if getattr(checked, k) is not None}
+        return self
+
+    def overrides(self) -> dict[str, Any]:
+        """The hyper-parameters set (None ones are left out: the attack keeps its default)."""
+        return dict(self.__pydantic_extra__ or {})
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """A hyper-parameter's value when set, else ``default``."""
+        return (self.__pydantic_extra__ or {}).get(name, default)
 
 
 #: options only the caller may set (on the command line or in an API call), never a file
@@ -103,7 +134,7 @@ _CALLER_ONLY = ("trust_code", "allow_legacy")
 def _check_finite(value: Any, where: str) -> None:
     """Refuse inf / nan anywhere inside a free-form value (dicts and lists are searched)."""
     if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"{where} holds {value}; numbers must be finite")
+        raise ConfigError(f"invalid config value for '{where}': {value} (numbers must be finite)")
     if isinstance(value, dict):
         for k, v in value.items():
             _check_finite(v, f"{where}.{k}")
@@ -144,6 +175,9 @@ def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
 
 def _format_error(err: ValidationError) -> str:
     first = err.errors()[0]
+    error = (first.get("ctx") or {}).get("error")
+    if isinstance(error, GradauditError):  # our own validators' messages are already the one line to show
+        return str(error)
     loc = ".".join(str(p) for p in first["loc"])
     if first["type"] == "extra_forbidden":
         close = difflib.get_close_matches(loc, _known_keys(RunConfig), n=1, cutoff=0.6)

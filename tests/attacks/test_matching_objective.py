@@ -4,7 +4,7 @@ client's update (FedSGD and unrolled FedAvg) and the private batch's BN statisti
 import pytest
 import torch
 
-from gradaudit.attacks.matching.engine import GradientMatchingAttack
+from gradaudit.attacks.matching.engine import GradientMatchingAttack, bn_targets_for
 from gradaudit.attacks.matching.victim import FunctionalVictim
 from gradaudit.models import ModelSpec, build_model
 from gradaudit.threat import Client, DataSpec, ServerKnowledge
@@ -25,11 +25,10 @@ def _observe(name, B=3, protocol="fedsgd", K=1, seed=0, **kw):
 
 def _objective_at_truth(obs, x, y, **cfg):
     attack = GradientMatchingAttack(**cfg)
-    victim = FunctionalVictim(obs)
-    bn = attack._bn_targets(obs, victim)
-    objective = attack._make_objective(obs, victim, bn)
+    setup = attack.setup(obs)  # the public set-up every attack on the engine composes
+    a, w = setup.objective.weights(attack.config.distance, attack.config.regularizers)
     xn = (x - torch.tensor(DATA.mean).view(1, -1, 1, 1)) / torch.tensor(DATA.std).view(1, -1, 1, 1)
-    total, dist = objective(xn, y)
+    total, (dist, _, _) = setup.objective(xn, y, a, w)
     return float(total), float(dist)
 
 
@@ -60,8 +59,7 @@ def test_bn_prior_is_zero_at_the_private_batch():
 def test_bn_prior_falls_back_to_running_statistics_when_batch_statistics_unknown():
     obs, x, y = _observe("convnet", width=4)
     obs.bn_statistics = None
-    attack = GradientMatchingAttack(regularizers={"bn": 1.0})
-    targets = attack._bn_targets(obs, FunctionalVictim(obs))
+    targets = bn_targets_for(obs, FunctionalVictim(obs), torch.device("cpu"))
     assert len(targets) == 4
     torch.testing.assert_close(targets[0][0], torch.zeros(4))  # fresh running mean
     torch.testing.assert_close(targets[0][1], torch.ones(4))

@@ -31,6 +31,9 @@ class Reconstruction:
         seconds: wall-clock time of the attack.
         features: for feature-level attacks (``tensor-features``), the recovered intermediate features [B, d]
             (unit norm, each up to sign), else None; ``config["feature_layer"]`` names the layer they enter.
+        candidates: for a self-tuning attack, what every candidate setting reached: candidate index ->
+            (images [B, C, H, W] in [0, 1], labels [B]) at its best iterate (``config["tuning"]`` has the
+            settings and scores), so evaluation can measure the selection's regret; else None.
     """
 
     images: torch.Tensor
@@ -44,6 +47,7 @@ class Reconstruction:
     label_source: str = "none"
     config: dict[str, Any] = field(default_factory=dict)
     features: Optional[torch.Tensor] = None
+    candidates: Optional[dict[int, tuple[torch.Tensor, Optional[torch.Tensor]]]] = None
 
 
 class Attack(ABC):

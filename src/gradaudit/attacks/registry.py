@@ -1,10 +1,20 @@
-"""Attacks by name: ``build_attack("inverting-gradients", iterations=200)``."""
+"""Attacks by name: ``build_attack("inverting-gradients", iterations=200)``, and each attack's hyper-parameter
+schema, found by introspection (:func:`attack_schema`): the gradient-matching presets take the fields of
+:class:`~.matching.engine.MatchingConfig`, the other attacks their constructor's keyword arguments, with the
+types and bounds their annotations declare. Run configs and sweeps validate an attack's parameters against it
+before any work, so no schema is copied by hand.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import inspect
+import typing
+from typing import Any, Optional
 
 import torch
+from pydantic import BaseModel, ConfigDict, create_model
 
 from ..errors import ConfigError, unknown_name
 from ..trust import refuse_untrusted
@@ -57,3 +67,30 @@ def _build(name: str, device, seed: int, overrides: dict) -> Attack:
     if name not in PRESETS:
         raise unknown_name("attack", name, attack_names())
     return GradientMatchingAttack(preset_config(name, **overrides), device=device, seed=seed, name=name)
+
+
+@functools.lru_cache(maxsize=None)
+def attack_schema(name: str) -> type[BaseModel]:
+    """A pydantic model of attack ``name``'s hyper-parameters (every field optional: None keeps the attack's
+    default), built from the attack's own annotations; unknown names and inf/nan are refused."""
+    if name in PRESETS:
+        from .matching.engine import MatchingConfig
+
+        hints = typing.get_type_hints(MatchingConfig, include_extras=True)
+        names = [f.name for f in dataclasses.fields(MatchingConfig)]
+    elif name in ANALYTIC:
+        init = ANALYTIC[name].__init__
+        hints = typing.get_type_hints(init, include_extras=True)
+        names = [p for p in inspect.signature(init).parameters if p not in ("self", "device", "seed")]
+        names = [p for p in names if inspect.signature(init).parameters[p].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+                 or inspect.signature(init).parameters[p].kind is inspect.Parameter.KEYWORD_ONLY]
+    else:
+        raise unknown_name("attack", name, attack_names())
+    fields = {n: (Optional[hints.get(n, Any)], None) for n in names}
+    config = ConfigDict(extra="forbid", allow_inf_nan=False, arbitrary_types_allowed=True)
+    return create_model(f"AttackParams_{name.replace('-', '_')}", __config__=config, **fields)
+
+
+def attack_parameters(name: str) -> list[str]:
+    """The hyper-parameter names attack ``name`` takes."""
+    return list(attack_schema(name).model_fields)

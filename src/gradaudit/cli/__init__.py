@@ -32,9 +32,9 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks ins
     _state["debug"] = debug
 
 
-from . import attack, bounds, evaluate, observation, prior, results, vulnerability  # noqa: E402
+from . import attack, bounds, evaluate, observation, prior, results, victim, vulnerability  # noqa: E402
 
-for _module in (attack, observation, vulnerability, evaluate, results, bounds, prior):
+for _module in (attack, observation, vulnerability, evaluate, results, bounds, prior, victim):
     _module.register(app)
 
 

@@ -62,6 +62,11 @@ def register(app: typer.Typer) -> None:
         iterations: Optional[int] = typer.Option(None, help="Attack iterations."),
         restarts: Optional[int] = typer.Option(None, help="Random restarts (vectorised)."),
         lr: Optional[float] = typer.Option(None, help="Attack step size."),
+        tune: Optional[str] = typer.Option(None, help="Self-tuning of the gradient-matching presets: auto "
+                                                      "(candidate grid, successive halving, observation-only "
+                                                      "selection; their default) | off (the fixed recipe)."),
+        time_budget: Optional[float] = typer.Option(None, "--time-budget", help="Wall-clock seconds for the "
+                                                    "attack, tuning included (the iterations are planned to fit)."),
         generator: Optional[str] = typer.Option(None, help="Prior checkpoint for gi-z | gi-w | gias "
                                                              "(gradaudit prior train / meta-learn)."),
         force: bool = typer.Option(False, "--force", help="Use a prior even if it was trained on the attacked "
@@ -84,8 +89,9 @@ def register(app: typer.Typer) -> None:
                  "threat.labels_known": None if labels is None else labels == Known.known,
                  "threat.bn_statistics_known": None if bn_stats is None else bn_stats == Known.known,
                  "attack.preset": attack_name, "attack.iterations": iterations, "attack.restarts": restarts,
-                 "attack.lr": lr, "attack.params.generator": generator,
-                 "attack.params.allow_train_overlap": True if force else None, "seed": seed, "device": device}
+                 "attack.lr": lr, "attack.tune": tune, "attack.time_budget": time_budget,
+                 "attack.generator": generator,
+                 "attack.allow_train_overlap": True if force else None, "seed": seed, "device": device}
         cfg = load_config(config, _overrides(set_, flags, defense))
         if observation is not None:
             with progress_bar() as progress:

@@ -20,6 +20,7 @@ from ..defenses.registry import parse_defense
 from ..errors import ConfigError
 from ..metrics import LPIPSMetric, ReconstructionScores, score_reconstruction
 from ..models.registry import ModelSpec, build_model
+from ..models.weights import check_weights, load_weights, read_weights
 from ..threat.client import Client, ServerKnowledge
 from ..threat.observation import DataSpec, Observation
 
@@ -45,6 +46,9 @@ class AuditResult:
     scores: ReconstructionScores | None
     timings: dict[str, float] = field(default_factory=dict)
     defenses: list[str] = field(default_factory=list)
+    #: for a self-tuning attack: every candidate's mean PSNR against the truth, the selected one's, and the
+    #: selection regret (best candidate PSNR - selected PSNR, dB); None otherwise
+    tuning: dict | None = None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -86,7 +90,9 @@ def prepare(config: RunConfig, *, trust_code: bool = False, allow_legacy: bool =
     check_attack_held_out(attack, dataset.name, indices, config.data.split)  # a prior must not know the batch
     spec = ModelSpec(config.model.name, dataset.num_classes, dataset.shape, dict(config.model.kwargs),
                      trust_code=trust_code)
-    build_model(spec)  # fail early on a bad model name or kwargs
+    model = build_model(spec)  # fail early on a bad model name or kwargs
+    if config.model.weights is not None:  # ... and on weights that do not fit it
+        check_weights(model, read_weights(config.model.weights), spec.name, config.model.weights)
     return PreparedRun(config, dataset, indices, spec, attack, defenses, device)
 
 
@@ -110,6 +116,8 @@ def observe(run: PreparedRun) -> tuple[Observation, torch.Tensor, torch.Tensor]:
     cfg = run.config
     torch.manual_seed(cfg.seed)
     model = build_model(run.spec)
+    if cfg.model.weights is not None:
+        load_weights(model, cfg.model.weights, run.spec.name)
     if getattr(model, "centre_on_public", False):
         prepare_on_public_data(model, run)
     images, labels = run.dataset.batch(run.indices)
@@ -132,10 +140,23 @@ def run_attack(config: RunConfig, progress: ProgressFn | None = None, *,
     rec = run.attack.reconstruct(observation, progress=progress)
     t2 = time.perf_counter()
     scores = score_reconstruction(rec.images, images, true_labels=labels, predicted_labels=rec.labels, lpips=lpips)
+    tuning = selection_regret(rec, images, scores.mean_psnr)
     t3 = time.perf_counter()
     return AuditResult(config, observation, rec, images, labels, scores,
                        timings={"observe_s": t1 - t0, "attack_s": t2 - t1, "score_s": t3 - t2},
-                       defenses=list(observation.defenses))
+                       defenses=list(observation.defenses), tuning=tuning)
+
+
+def selection_regret(rec: Reconstruction, truth: torch.Tensor, selected_psnr: float) -> dict | None:
+    """Score what every candidate of a self-tuning attack reached (its best iterate, or its state when it was
+    pruned) against the truth: the regret is the best candidate's mean PSNR minus the selected one's. The
+    attack chose without the truth; this only measures how well it chose."""
+    if not rec.candidates:
+        return None
+    per = {int(k): float(score_reconstruction(images, truth).mean_psnr) for k, (images, _) in rec.candidates.items()}
+    best = max(per.values())
+    return {"candidate_psnr": per, "selected_psnr": float(selected_psnr), "best_candidate_psnr": best,
+            "regret_db": best - float(selected_psnr)}
 
 
 def attack_observation(observation: Observation, attack: Attack, progress: ProgressFn | None = None) -> Reconstruction:

@@ -394,6 +394,10 @@ def validate_cells(cells: list[Cell], *, trust_code: bool = False) -> None:
             model_key = json.dumps(spec.to_dict(), sort_keys=True, default=str)
             if model_key not in models:
                 models[model_key] = build_model(spec)
+            if cfg.model.weights is not None:
+                from ..models.weights import check_weights, read_weights
+
+                check_weights(models[model_key], read_weights(cfg.model.weights), spec.name, cfg.model.weights)
             if any(s.startswith("dpsgd") for s in cfg.defenses) and has_batchnorm(models[model_key]):
                 raise ConfigError(f"defense {cell.defense} needs per-sample gradients, which model "
                                   f"'{cfg.model.name}' (with batch norm) does not have; use a model without "

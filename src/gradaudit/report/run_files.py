@@ -57,6 +57,7 @@ def result_record(result) -> dict[str, Any]:
         "reconstruction": reconstruction_record(result.reconstruction),
         "timings": result.timings,
         "config": result.config.model_dump(),
+        "tuning": getattr(result, "tuning", None),
     })
 
 

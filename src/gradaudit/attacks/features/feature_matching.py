@@ -139,17 +139,16 @@ class FeatureMatchingAttack(GradientMatchingAttack):
             return self.feature_loss
         return "cosine-squared" if batch_size <= self.subspace_above else "subspace"
 
-    # the engine calls these while it sets up; the feature term wraps its objective
-    def _bn_targets(self, obs: Observation, victim):
+    # the engine's public set-up hooks: the BN prior when the victim has BN, and the feature term
+    def extra_regularizers(self, obs: Observation, victim) -> dict[str, float]:
         if self.bn_weight > 0 and victim.bn_layers:
             if obs.bn_statistics is not None or victim.running_statistics(obs):
-                self.config.regularizers = {**self.config.regularizers, "bn": self.bn_weight}
-        return super()._bn_targets(obs, victim)
+                return {"bn": self.bn_weight}
+        return {}
 
-    def _make_objective(self, obs: Observation, victim, bn_targets):
-        base = super()._make_objective(obs, victim, bn_targets)
+    def objective_terms(self, obs: Observation, victim) -> list:
         if self._targets is None or self.feature_weight == 0:
-            return base
+            return []
         features = layer_input(victim, self.layer)
         params = victim.params
         kind = self.loss_kind(obs.batch_size)
@@ -160,16 +159,10 @@ class FeatureMatchingAttack(GradientMatchingAttack):
         else:
             term = lambda h: cosine_squared_matching(h, targets)  # noqa: E731
         weight = self.feature_weight
-
-        def objective(x, label_param, *args, **kwargs):
-            total, dist = base(x, label_param, *args, **kwargs)
-            return total + weight * term(features(params, x)), dist
-
-        return objective
+        return [lambda x: weight * term(features(params, x))]
 
     def reconstruct(self, observation: Observation, progress: ProgressFn | None = None) -> Reconstruction:
         t0 = time.perf_counter()
-        regularizers = dict(self.config.regularizers)
         features, layer = reconstruct_observation_features(observation.to(self.device), layer=self.layer,
                                                            head=self.head, **self.tensor_options)
         self._targets = features
@@ -177,11 +170,10 @@ class FeatureMatchingAttack(GradientMatchingAttack):
             rec = super().reconstruct(observation, progress)
         finally:
             self._targets = None
-            used = dict(self.config.regularizers)
-            self.config.regularizers = regularizers
         rec.features = features.detach().cpu()
         rec.seconds = time.perf_counter() - t0
-        rec.config = {**rec.config, "regularizers": used, "feature_layer": layer,
+        rec.config = {**rec.config, "feature_layer": layer,
                       "feature_loss": self.loss_kind(observation.batch_size), "feature_weight": self.feature_weight,
                       "bn_weight": self.bn_weight, "tensor": self.tensor_options}
         return rec
+

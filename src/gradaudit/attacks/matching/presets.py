@@ -5,6 +5,9 @@
 * ``inverting-gradients`` - GI-x (Geiping et al., NeurIPS 2020): cosine distance, total variation, Adam lr 0.1
   on the sign of the gradient, x0.1 at 3/8, 5/8, 7/8 of the iterations, box constraint, best restart kept. The
   reference runs 24k iterations x 8 restarts on a GPU; the CPU default is 1000 x 1.
+* ``ig-reference`` - the reference framework's published Inverting Gradients configuration (breaching's
+  ``invertinggradients`` recipe): cosine distance, TV 0.2, signed Adam lr 0.1, x0.1 at 3/8, 5/8, 7/8, box.
+  Always the fixed recipe (never tuned), so benchmarks can compare against it on the same gradient.
 * ``gradinversion`` - Inverting Gradients plus batch-norm statistics matching (Yin et al., CVPR 2021), first BN
   layer weighted x10.
 * ``gi-z``, ``gi-w``, ``gias`` - generative image priors (Jeon et al., NeurIPS 2021, seed 001;
@@ -23,15 +26,22 @@ from __future__ import annotations
 
 from .engine import MatchingConfig
 
+#: DLG's candidates: L-BFGS from a normal or a uniform start (its failures are mostly bad starts)
+DLG_GRID = {"init": ["randn", "rand"]}
+
 PRESETS: dict[str, dict] = {
     "dlg": dict(distance="l2", regularizers={}, optimizer="lbfgs", lr=1.0, signed=False, iterations=200,
-                restarts=1, schedule="none", boxed=True, lbfgs_inner_steps=20, labels="auto"),
+                restarts=1, schedule="none", boxed=True, lbfgs_inner_steps=20, labels="auto", tune="auto",
+                grid=DLG_GRID),
     "inverting-gradients": dict(distance="cosine", regularizers={"tv": 1e-3}, optimizer="adam", lr=0.1,
                                 signed=True, iterations=1000, restarts=1, schedule="multistep", boxed=True,
-                                labels="auto"),
+                                labels="auto", tune="auto"),
+    "ig-reference": dict(distance="cosine", regularizers={"tv": 0.2}, optimizer="adam", lr=0.1, signed=True,
+                         iterations=1000, restarts=1, schedule="multistep", boxed=True, init="randn",
+                         labels="auto", tune="off"),
     "gradinversion": dict(distance="cosine", regularizers={"tv": 1e-3, "bn": 1e-3}, optimizer="adam", lr=0.1,
                           signed=True, iterations=1000, restarts=1, schedule="multistep", boxed=True,
-                          first_bn_weight=10.0, labels="auto"),
+                          first_bn_weight=10.0, labels="auto", tune="auto"),
     "gi-z": dict(parameterization="latent", distance="cosine", regularizers={"tv": 1e-4, "z-norm": 1e-3},
                  optimizer="adam", lr=0.1, signed=False, iterations=300, restarts=1, schedule="multistep",
                  labels="auto"),

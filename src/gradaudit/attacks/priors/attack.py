@@ -22,8 +22,7 @@ from torch.func import grad_and_value, vmap
 from ...errors import ConfigError
 from ...threat.observation import Observation
 from ..base import ProgressFn, Reconstruction
-from ..matching.engine import autograd_param_grad
-from ..matching.victim import FunctionalVictim
+from ..matching.objective import autograd_param_grad
 from . import parameterization as P
 from .checkpoint import LoadedGenerator, load_generator
 from .generators import DeepImagePrior
@@ -49,15 +48,19 @@ def _check_shape(G, obs: Observation, latent_dim: int | None, device) -> None:
 class _Phase:
     """Adam on one parameterization: vmapped over restarts, or a loop with plain autograd."""
 
-    def __init__(self, attack, objective, param: P.Parameterized, label_param, joint: bool):
+    def __init__(self, attack, objective, param: P.Parameterized, label_param, joint: bool, extra=None):
+        extra = extra or {}
         self.attack, self.param, self.joint = attack, param, joint
         self.label_param = label_param
         render, key = param.render, param.latent_key
 
+        a, w = objective.weights(attack.config.distance, {**attack.config.regularizers, **extra})
+
         def obj(theta, const, lab, param_grad=None):
             x = render(theta, const)
             kw = {} if param_grad is None else {"param_grad": param_grad}
-            return objective(x, lab, latent=theta[key] if key else None, **kw)
+            total, (own, _, _) = objective(x, lab, a, w, latent=theta[key] if key else None, **kw)
+            return total, own
 
         self.obj = obj
         argnums = (0, 2) if joint else 0
@@ -150,10 +153,8 @@ def invert(attack, observation: Observation, loaded: LoadedGenerator | None, pla
     t0 = time.perf_counter()
     device = attack.device
     obs = observation.to(device)
-    victim = FunctionalVictim(obs, device)
-    labels, label_source = attack._labels(obs, victim)
-    bn_targets = attack._bn_targets(obs, victim)
-    objective = attack._make_objective(obs, victim, bn_targets)
+    setup = attack.setup(obs)
+    labels, label_source, objective = setup.labels, setup.label_source, setup.objective
     norm = P.normalizer(obs.data.mean, obs.data.std, device)
     B, R = obs.batch_size, cfg.restarts
     c, h, w = obs.model.input_shape
@@ -190,7 +191,7 @@ def invert(attack, observation: Observation, loaded: LoadedGenerator | None, pla
             param = P.gias(G, z, norm)
         else:  # pragma: no cover - MatchingConfig validates the name
             raise ConfigError(f"unknown parameterization '{kind}'")
-        phase = _Phase(attack, objective, param, label_param, joint)
+        phase = _Phase(attack, objective, param, label_param, joint, setup.extra_regularizers)
         phase.run(n, lr, progress, offset, total_its, history)
         label_param = phase.label_param
         offset += n

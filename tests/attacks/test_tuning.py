@@ -1,0 +1,156 @@
+"""The self-tuning attack: candidates, successive halving, the time budget, best iterates, selection regret."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from gradaudit.attacks import build_attack
+from gradaudit.attacks.matching.engine import GradientMatchingAttack, MatchingConfig
+from gradaudit.attacks.matching.loop import schedule_scale
+from gradaudit.attacks.matching.tuning import BudgetClock, HalvingPlan, candidates_from, consensus_scores
+from gradaudit.errors import ConfigError
+from gradaudit.evaluation.cell import selection_regret
+from gradaudit.metrics import score_reconstruction
+from gradaudit.models import ModelSpec, build_model
+from gradaudit.threat import Client, DataSpec, ServerKnowledge
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+DATA = DataSpec("t", (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+
+
+@pytest.fixture(scope="module")
+def obs_truth():
+    torch.manual_seed(0)
+    spec = ModelSpec("lenet", 10, (3, 16, 16))
+    model = build_model(spec)
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(1, 3, 16, 16, generator=g)
+    x = torch.nn.functional.avg_pool2d(x, 3, 1, 1)  # a smooth image: a prior has something to find
+    obs = Client(model, spec, DATA, knowledge=ServerKnowledge(labels=True)).share(x, torch.tensor([4]))
+    return obs, x
+
+
+def test_halving_plan_rungs_and_cost():
+    plan = HalvingPlan.build(8, 400)
+    assert plan.rungs == (50, 100, 200) and plan.keep == (4, 2, 1)
+    assert plan.cost(8) == pytest.approx(2.5)
+    assert [plan.alive_at(i, 8) for i in (0, 49, 50, 99, 100, 200, 399)] == [8, 8, 4, 4, 2, 1, 1]
+    assert HalvingPlan.build(8, 400, eta=1).rungs == ()  # eta = 1: every candidate runs to the end
+    assert HalvingPlan.build(1, 400).cost(1) == 1.0
+    assert HalvingPlan.build(16, 400).cost(16) == pytest.approx(3.0)
+
+
+def test_budget_clock_places_rungs_and_milestones_at_the_plan_s_cost_fractions():
+    clock = BudgetClock(10.0, 8, 2)
+    T = BudgetClock.NOMINAL
+    # K = 8: the plan's member-iterations are 40 % spent at T/8, 60 % at T/4, 80 % at T/2
+    assert clock.position(4.0) == pytest.approx(T / 8, rel=1e-6)
+    assert clock.position(6.0) == pytest.approx(T / 4, rel=1e-6)
+    assert clock.position(8.0) == pytest.approx(T / 2, rel=1e-6)
+    assert clock.position(10.0) == T and clock.position(99.0) == T and clock.position(0.0) == 0
+    # the x0.1 steps at 3T/8, 5T/8, 7T/8 fall at 70 %, 85 %, 95 % of the budget
+    assert schedule_scale(clock.position(6.9), T, "multistep") == 1.0
+    assert schedule_scale(clock.position(7.1), T, "multistep") == pytest.approx(0.1)
+    assert schedule_scale(clock.position(9.6), T, "multistep") == pytest.approx(1e-3)
+
+
+def test_candidates_from_grid_explicit_and_base():
+    grid = candidates_from(0.1, {"tv": 1e-3}, "cosine", "randn", grid={"tv": [1e-2, 0.2], "lr": [0.1, 0.03]})
+    assert len(grid) == 4 and {c.weights["tv"] for c in grid} == {1e-2, 0.2}
+    explicit = candidates_from(0.1, {"tv": 1e-3}, "cosine", "randn",
+                               explicit=[{"distance": "l2"}, {"regularizers": {"tv": 0.5}, "init": "rand"}])
+    assert [(c.distance, c.weights["tv"], c.init) for c in explicit] == [("l2", 1e-3, "randn"), ("cosine", 0.5, "rand")]
+    assert len(candidates_from(0.1, {}, "cosine", "randn")) == 1
+    with pytest.raises(ConfigError, match="non-empty list"):
+        candidates_from(0.1, {}, "cosine", "randn", grid={"tv": []})
+    with pytest.raises(ConfigError, match="tuning grid key 'bogus'"):
+        MatchingConfig(tune="auto", grid={"bogus": [1]})
+    with pytest.raises(ConfigError, match="select='heldout' needs"):
+        MatchingConfig(select="heldout")
+    with pytest.raises(ConfigError, match="unknown tune mode"):
+        MatchingConfig(tune="on")
+
+
+def test_tuned_attack_records_every_candidate_and_returns_the_winner_s_best_iterate(obs_truth):
+    obs, truth = obs_truth
+    attack = GradientMatchingAttack(tune="auto", grid={"tv": [1e-4, 1e-2, 0.1, 1.0]}, iterations=40,
+                                    regularizers={"tv": 1e-3})
+    rec = attack.reconstruct(obs)
+    tuning = rec.config["tuning"]
+    assert tuning["mode"] == "auto" and len(tuning["candidates"]) == 4
+    assert [r["iteration"] for r in tuning["rungs"]] == [10, 20]  # 4 -> 2 -> 1 at T/4, T/2
+    assert set(rec.candidates) == {0, 1, 2, 3}
+    winner = tuning["winner"]
+    scores = [c["score"] for c in tuning["candidates"]]
+    assert scores[winner] == min(s for s in scores if s is not None)
+    # the returned images are the winner's archived best iterate, and its hyper-parameters are recorded
+    assert torch.equal(rec.images, rec.candidates[winner][0])
+    assert rec.config["regularizers"] == {"tv": tuning["candidates"][winner]["regularizers"]["tv"]}
+    regret = selection_regret(rec, truth, score_reconstruction(rec.images, truth).mean_psnr)
+    assert regret["regret_db"] >= 0 and len(regret["candidate_psnr"]) == 4
+    assert regret["best_candidate_psnr"] == max(regret["candidate_psnr"].values())
+
+
+def test_tune_off_is_the_fixed_recipe(obs_truth):
+    obs, _ = obs_truth
+    rec = GradientMatchingAttack(iterations=5, restarts=2).reconstruct(obs)
+    assert rec.candidates is None and rec.config["tuning"]["mode"] == "off" and len(rec.restart_losses) == 2
+    assert rec.matching_loss == min(rec.restart_losses)
+
+
+def test_presets_tune_by_default_and_the_reference_recipe_does_not():
+    for name in ("inverting-gradients", "gradinversion", "dlg"):
+        assert build_attack(name).config.tune == "auto", name
+        assert build_attack(name, tune="off").config.tune == "off"
+    ref = build_attack("ig-reference").config
+    assert (ref.tune, ref.distance, ref.regularizers, ref.lr, ref.signed, ref.schedule, ref.boxed) == \
+        ("off", "cosine", {"tv": 0.2}, 0.1, True, "multistep", True)
+
+
+def test_time_budget_bounds_the_attack_and_completes_its_schedule(obs_truth):
+    obs, _ = obs_truth
+    for tune in ("auto", "off"):
+        t0 = time.perf_counter()
+        rec = build_attack("inverting-gradients", tune=tune, time_budget=1.5, iterations=10).reconstruct(obs)
+        elapsed = time.perf_counter() - t0
+        assert elapsed < 1.5 + 1.0, elapsed  # the budget, plus set-up and one final evaluation
+        assert rec.iterations > 10  # the budget, not the iteration count, decides
+        assert rec.config["tuning"]["stopped_by_budget"] is True
+        if tune == "auto":
+            assert len(rec.config["tuning"]["rungs"]) >= 2  # the halving schedule ran
+
+
+def test_budget_is_validated():
+    with pytest.raises(ConfigError, match="time_budget"):
+        MatchingConfig(time_budget=0)
+    with pytest.raises(ConfigError, match="time_budget"):
+        MatchingConfig(time_budget=float("inf"))
+
+
+def test_consensus_scores():
+    x = torch.zeros(3, 1, 1, 2, 2)
+    x[2] += 1.0  # the odd one out
+    s = consensus_scores(x)
+    assert s[2] > s[0] == s[1]
+    assert consensus_scores(x[:1]).tolist() == [0.0]
+
+
+def test_vmapped_and_looped_populations_agree(obs_truth):
+    obs, _ = obs_truth
+    kw = dict(tune="auto", grid={"tv": [1e-3, 0.1]}, iterations=6, eta=1)
+    a = GradientMatchingAttack(vectorize=True, **kw).reconstruct(obs)
+    b = GradientMatchingAttack(vectorize=False, **kw).reconstruct(obs)
+    for k in a.candidates:
+        torch.testing.assert_close(a.candidates[k][0], b.candidates[k][0], atol=1e-4, rtol=1e-4)
+
+
+def test_lbfgs_candidates_are_halved_too(obs_truth):
+    obs, _ = obs_truth
+    rec = build_attack("dlg", iterations=8, tune="auto", grid={"init": ["randn", "rand"], "lr": [1.0, 0.5]}) \
+        .reconstruct(obs)
+    tuning = rec.config["tuning"]
+    assert len(tuning["candidates"]) == 4 and [len(r["kept"]) for r in tuning["rungs"]] == [2, 1]
+    assert all(c["score"] is not None for c in tuning["candidates"])
