@@ -112,14 +112,14 @@ def test_presets_tune_by_default_and_the_reference_recipe_does_not():
 
 def test_time_budget_bounds_the_attack_and_completes_its_schedule(obs_truth):
     obs, _ = obs_truth
-    for tune in ("auto", "off"):
+    for tune in ("wide", "off"):
         t0 = time.perf_counter()
         rec = build_attack("inverting-gradients", tune=tune, time_budget=1.5, iterations=10).reconstruct(obs)
         elapsed = time.perf_counter() - t0
         assert elapsed < 1.5 + 1.0, elapsed  # the budget, plus set-up and one final evaluation
         assert rec.iterations > 10  # the budget, not the iteration count, decides
         assert rec.config["tuning"]["stopped_by_budget"] is True
-        if tune == "auto":
+        if tune == "wide":
             assert len(rec.config["tuning"]["rungs"]) >= 2  # the halving schedule ran
 
 
@@ -154,3 +154,15 @@ def test_lbfgs_candidates_are_halved_too(obs_truth):
     tuning = rec.config["tuning"]
     assert len(tuning["candidates"]) == 4 and [len(r["kept"]) for r in tuning["rungs"]] == [2, 1]
     assert all(c["score"] is not None for c in tuning["candidates"])
+
+
+@pytest.mark.parametrize("model, family, weights", [("lenet", "plain", [1e-3]), ("convnet", "batch-norm", [1e-2, 3e-2]),
+                                                    ("resnet18", "deep-batch-norm", [0.3, 1.0])])
+def test_auto_tuning_runs_the_candidates_of_the_victim_s_family(model, family, weights):
+    spec = ModelSpec(model, 10, (3, 16, 16))
+    torch.manual_seed(0)
+    obs = Client(build_model(spec), spec, DATA, knowledge=ServerKnowledge(labels=True)).share(
+        torch.rand(1, 3, 16, 16), torch.tensor([1]))
+    setup = build_attack("inverting-gradients").setup(obs)
+    assert setup.family == family and [c.weights["tv"] for c in setup.candidates] == weights
+    assert len(build_attack("inverting-gradients", tune="wide").setup(obs).candidates) == 8

@@ -43,7 +43,7 @@ def test_describe_strings():
     ("clip:", "needs a strength"), ("clip:four", "not a number"), ("noise:1,2", "1 number"),
     ("dpsgd:1,2,3,4", "2 or 3 numbers"), ("dpsgd:C=1", "lacks 'sigma'"), ("dpsgd:C=1,tau=2", "unknown parameter"),
     ("dpsgd:1,sigma=2", "either all numbers"), ("dropout:1", "p must be in"), ("noise:-0.1", "sigma must be"),
-    ("prune-global:-0.5", "p must be in"), ("secagg:3", "unknown defense"),
+    ("prune-global:-0.5", "p must be in"), ("secagg:1", "num_clients >= 2"), ("secagg:2.5", "integer"),
 ])
 def test_bad_specs_are_config_errors(spec, match):
     with pytest.raises(ConfigError, match=match):
@@ -52,3 +52,18 @@ def test_bad_specs_are_config_errors(spec, match):
 
 def test_names():
     assert {"noise", "prune", "prune-global", "clip", "dropout", "dpsgd"} <= set(DEFENSES)
+
+
+def test_every_defense_declares_itself():
+    """Registration sits on the defense: family, parameters, per-sample or not, what it acts on."""
+    from gradaudit.defenses import SecureAggregation
+    from gradaudit.defenses.registry import defense_info, defense_strength
+
+    assert set(DEFENSES) == {"prune", "prune-global", "clip", "noise", "dropout", "dropout-rescaled", "dpsgd",
+                             "secagg"}
+    assert defense_info("dpsgd:1,1.1").per_sample and "batch norm" in defense_info("dpsgd:1,1.1").needs
+    assert defense_info("prune:0.9").family == defense_info("prune-global:0.5").family == "pruning"
+    assert defense_info("secagg:4").acts_on == "aggregate" and defense_info("noise:0.1").acts_on == "update"
+    assert parse_defense("secagg:4") == SecureAggregation(4) and parse_defense("secagg:4").describe() == "secagg:4"
+    assert [defense_strength(s) for s in ("prune:0.9", "clip:4", "noise:0.01", "dpsgd:1,1.1", "secagg:3",
+                                          "dropout:0.5")] == [0.9, 4.0, 0.01, 1.1, 3.0, 0.5]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gradaudit.defenses import GaussianNoise, SecureAggregation, aggregate
+from gradaudit.defenses import GaussianNoise, SecureAggregation
+from gradaudit.threat import aggregate
 from gradaudit.errors import ConfigError, ObservationError
 from gradaudit.threat import Client, ServerKnowledge
 
@@ -24,7 +25,7 @@ def _clients_and_batches(spec, sizes, seed=0, **kw):
 @pytest.mark.parametrize("spec", [LENET, MLP], ids=["lenet", "mlp"])
 def test_sum_over_n_equals_mean_gradient_of_concatenated_batch(spec):
     net, obs, images, labels = _clients_and_batches(spec, [2, 2, 2])
-    agg = SecureAggregation(3).aggregate(obs)
+    agg = aggregate(obs, 3)
     joint = Client(net, spec, DATA).share(images, labels)
     summed = {k: sum(o.update[k] for o in obs) for k in joint.update}
     for k in joint.update:
@@ -50,16 +51,16 @@ def test_unequal_batches_are_weighted_by_batch_size():
 def test_metadata_bn_statistics_hidden_labels_unknown_and_defenses_kept():
     _, obs, _, _ = _clients_and_batches(CONVNET, [2, 2], knowledge=ServerKnowledge(labels=False, bn_statistics=True))
     assert all(o.bn_statistics is not None for o in obs)
-    agg = SecureAggregation(2).aggregate(obs)
+    agg = aggregate(obs, 2)
     assert agg.bn_statistics is None and agg.labels is None
     _, obs, _, _ = _clients_and_batches(LENET, [2, 2], transforms=[GaussianNoise(0.01)], seed=0)
-    agg = SecureAggregation(2).aggregate(obs)
+    agg = aggregate(obs, 2)
     assert agg.defenses == ["noise:0.01", "secagg:2"]
 
 
 def test_fedavg_local_updates_are_averaged():
     _, obs, _, _ = _clients_and_batches(MLP, [3, 3], protocol="fedavg", local_steps=2, local_lr=0.1)
-    agg = SecureAggregation(2).aggregate(obs)
+    agg = aggregate(obs, 2)
     assert agg.update_kind == "local_update" and agg.local_steps == 2 and agg.local_lr == 0.1
     for k in agg.update:
         torch.testing.assert_close(agg.update[k], (obs[0].update[k] + obs[1].update[k]) / 2)
@@ -69,15 +70,15 @@ def test_mismatched_rounds_are_refused():
     _, obs, _, _ = _clients_and_batches(LENET, [2, 2])
     other = Client(model(LENET, seed=1), LENET, DATA).share(*batch(2, seed=99))  # a different theta_0
     with pytest.raises(ObservationError, match="theta_0"):
-        SecureAggregation(3).aggregate(obs + [other])
+        aggregate(obs + [other], 3)
     with pytest.raises(ObservationError, match="3 clients got 2"):
-        SecureAggregation(3).aggregate(obs)
+        aggregate(obs, 3)
     noisy = Client(model(LENET), LENET, DATA, transforms=[GaussianNoise(0.1)]).share(*batch(2, seed=98))
     with pytest.raises(ObservationError, match="defenses"):
-        SecureAggregation(3).aggregate(obs + [noisy])
+        aggregate(obs + [noisy], 3)
     fedavg = Client(model(LENET), LENET, DATA, protocol="fedavg", local_steps=1, local_lr=0.1).share(*batch(2))
     with pytest.raises(ObservationError, match="protocol"):
-        SecureAggregation(3).aggregate(obs + [fedavg])
+        aggregate(obs + [fedavg], 3)
 
 
 def test_validation_and_describe():

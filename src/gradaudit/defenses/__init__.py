@@ -13,7 +13,8 @@ applied by the :class:`~gradaudit.threat.Client` in order to the update it share
 
 Defenses that are not update transforms:
 
-* :class:`SecureAggregation` (``secagg:N``): combines N clients' observations into the one the server sees.
+* :class:`SecureAggregation` (``secagg:N``): combines N clients' updates into the one the server sees
+  (:func:`gradaudit.threat.aggregate` builds that observation).
 * Local aggregation is the Client's ``protocol="fedavg"`` with ``local_steps`` K (K in {1, 3, 5} in seed 002).
 * A large batch is the batch-size setting (``threat.batch_size``).
 
@@ -28,10 +29,10 @@ from .dropout import GradientDropout
 from .noise import GaussianNoise
 from .pruning import GradientPruning
 from .registry import DEFENSES, parse_defense
-from .secure_aggregation import SecureAggregation, aggregate
+from .secure_aggregation import SecureAggregation
 
 __all__ = [
     "UpdateTransform", "GaussianNoise", "GradientPruning", "GradientClipping", "GradientDropout", "DPSGD",
-    "SecureAggregation", "aggregate", "per_sample_gradients", "global_norm", "compute_rdp", "rdp_sampled_gaussian",
+    "SecureAggregation", "per_sample_gradients", "global_norm", "compute_rdp", "rdp_sampled_gaussian",
     "rdp_to_epsilon", "DEFENSES", "parse_defense",
 ]

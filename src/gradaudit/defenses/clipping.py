@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ConfigError
-from .base import fmt
+from .base import fmt, register_defense
 
 
 def global_norm(update: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -24,6 +24,7 @@ def global_norm(update: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.sqrt(sum((v.detach().double() ** 2).sum() for v in update.values()))
 
 
+@register_defense("clip", family="clipping", parameters=("C",), example="clip:4")
 @dataclass(frozen=True)
 class GradientClipping:
     C: float

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from .base import fmt
+from .base import fmt, register_defense
 from . import accountant
 
 
@@ -66,6 +66,9 @@ def per_sample_gradients(model: nn.Module, x: torch.Tensor, labels: torch.Tensor
     return vmap(grad(loss), in_dims=(None, 0, 0), randomness="different")(params, x, labels)
 
 
+@register_defense("dpsgd", family="differential privacy", parameters=("C", "sigma", "delta"),
+                  example="dpsgd:1.0,1.1 (clip C, noise multiplier sigma[, delta])", counts=(2, 3),
+                  per_sample=True, needs="per-sample gradients: no batch norm", strength="sigma")
 @dataclass(frozen=True)
 class DPSGD:
     clip: float

@@ -18,9 +18,12 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ConfigError
-from .base import fmt
+from .base import fmt, register_defense
 
 
+@register_defense("dropout", family="dropout", parameters=("p",), example="dropout:0.5")
+@register_defense("dropout-rescaled", family="dropout", parameters=("p",), example="dropout-rescaled:0.5",
+                  rescale=True)
 @dataclass(frozen=True)
 class GradientDropout:
     p: float

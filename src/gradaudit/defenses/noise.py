@@ -12,9 +12,10 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ConfigError
-from .base import fmt
+from .base import fmt, register_defense
 
 
+@register_defense("noise", family="noise", parameters=("sigma",), example="noise:0.01")
 @dataclass(frozen=True)
 class GaussianNoise:
     sigma: float

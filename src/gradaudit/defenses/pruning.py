@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ConfigError
-from .base import fmt
+from .base import fmt, register_defense
 
 
 def _keep_mask(magnitude: torch.Tensor, p: float) -> torch.Tensor:
@@ -37,6 +37,8 @@ def _keep_mask(magnitude: torch.Tensor, p: float) -> torch.Tensor:
     return mask.view(magnitude.shape)
 
 
+@register_defense("prune", family="pruning", parameters=("p",), example="prune:0.9", scope="layer")
+@register_defense("prune-global", family="pruning", parameters=("p",), example="prune-global:0.9", scope="global")
 @dataclass(frozen=True)
 class GradientPruning:
     p: float

@@ -8,45 +8,21 @@
     dpsgd:1.0,1.1         DPSGD(clip=1.0, noise_multiplier=1.1)   (an optional third number is delta;
                           the describe() form "dpsgd:C=1,sigma=1.1[,delta=1e-05]" is accepted too)
 
-Every transform's ``describe()`` parses back to an equal transform. Secure aggregation is not a per-client
-transform (see :mod:`gradaudit.defenses.secure_aggregation`); local aggregation is the client's ``fedavg``
-protocol and a large batch is the batch-size setting.
+    secagg:4              SecureAggregation(num_clients=4)  (acts on the aggregate of 4 clients, not on one update)
+
+Every defense declares itself where it is defined (:func:`~gradaudit.defenses.base.register_defense`: family,
+parameters, per-sample or not, what it acts on, what it needs of the model), so adding one is one file.
+Every ``describe()`` parses back to an equal defense. Local aggregation is the client's ``fedavg`` protocol
+and a large batch is the batch-size setting.
 """
 
 from __future__ import annotations
 
-from functools import partial
-from typing import Callable
+from typing import Any
 
 from ..errors import ConfigError, unknown_name
-from .base import UpdateTransform
-from .clipping import GradientClipping
-from .dpsgd import DPSGD
-from .dropout import GradientDropout
-from .noise import GaussianNoise
-from .pruning import GradientPruning
-
-#: name -> factory taking the spec's numbers positionally.
-DEFENSES: dict[str, Callable[..., UpdateTransform]] = {
-    "noise": GaussianNoise,
-    "prune": partial(GradientPruning, scope="layer"),
-    "prune-global": partial(GradientPruning, scope="global"),
-    "clip": GradientClipping,
-    "dropout": GradientDropout,
-    "dropout-rescaled": partial(GradientDropout, rescale=True),
-    "dpsgd": DPSGD,
-}
-
-#: name -> (allowed numbers of arguments, example spec, names of the keyword form).
-_USAGE: dict[str, tuple[tuple[int, ...], str, tuple[str, ...]]] = {
-    "noise": ((1,), "noise:0.01", ("sigma",)),
-    "prune": ((1,), "prune:0.9", ("p",)),
-    "prune-global": ((1,), "prune-global:0.9", ("p",)),
-    "clip": ((1,), "clip:4", ("C",)),
-    "dropout": ((1,), "dropout:0.5", ("p",)),
-    "dropout-rescaled": ((1,), "dropout-rescaled:0.5", ("p",)),
-    "dpsgd": ((2, 3), "dpsgd:1.0,1.1 (clip C, noise multiplier sigma[, delta])", ("C", "sigma", "delta")),
-}
+from . import clipping, dpsgd, dropout, noise, pruning, secure_aggregation  # noqa: F401 - they register themselves
+from .base import DEFENSES, DefenseInfo
 
 
 def _number(spec: str, text: str) -> float:
@@ -56,15 +32,16 @@ def _number(spec: str, text: str) -> float:
         raise ConfigError(f"defense '{spec}': '{text}' is not a number") from None
 
 
-def parse_defense(spec: str) -> UpdateTransform:
-    """Build the transform a spec names; ConfigError (listing the valid names) on anything malformed."""
+def parse_defense(spec: str) -> Any:
+    """Build the defense a spec names; ConfigError (listing the valid names) on anything malformed."""
     if not isinstance(spec, str):
         raise ConfigError(f"a defense is given as a 'name:strength' string, got {spec!r}")
     name, sep, value = spec.strip().partition(":")
     name = name.strip()
     if name not in DEFENSES:
         raise unknown_name("defense", name, DEFENSES)
-    counts, example, keys = _USAGE[name]
+    info = DEFENSES[name]
+    counts, example, keys = info.counts, info.example, info.parameters
     if not sep or not value.strip():
         raise ConfigError(f"defense '{spec}' needs a strength, e.g. '{example}'")
     parts = [p.strip() for p in value.split(",")]
@@ -87,4 +64,32 @@ def parse_defense(spec: str) -> UpdateTransform:
         want = " or ".join(map(str, counts))
         raise ConfigError(f"defense '{name}' takes {want} number{'s' if max(counts) > 1 else ''}, "
                           f"got {len(args)} in '{spec}'; e.g. '{example}'")
-    return DEFENSES[name](*args)
+    if info.acts_on == "aggregate":
+        if any(a != int(a) for a in args):
+            raise ConfigError(f"defense '{spec}': the number of clients must be an integer")
+        args = [int(a) for a in args]
+    return info.factory(*args)
+
+
+def defense_info(defense: Any) -> DefenseInfo:
+    """The declaration of a defense (a spec string or a built defense)."""
+    spec = defense if isinstance(defense, str) else defense.describe()
+    name = spec.strip().partition(":")[0].strip()
+    if name not in DEFENSES:
+        raise unknown_name("defense", name, DEFENSES)
+    return DEFENSES[name]
+
+
+def defense_strength(defense: Any) -> float | None:
+    """The number that measures a defense's strength (its declared ``strength`` parameter), or None."""
+    built = parse_defense(defense) if isinstance(defense, str) else defense
+    info = defense_info(built)
+    attribute = {"C": "C", "N": "num_clients"}.get(info.strength, info.strength)
+    for name in (attribute, info.strength, "noise_multiplier" if info.strength == "sigma" else ""):
+        if name and hasattr(built, name):
+            value = getattr(built, name)
+            return float(value) if value is not None else None
+    return None
+
+
+__all__ = ["DEFENSES", "DefenseInfo", "defense_info", "defense_strength", "parse_defense"]

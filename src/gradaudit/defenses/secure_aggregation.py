@@ -1,8 +1,10 @@
 """Secure aggregation (Bonawitz et al. 2017; seed 002 section 3.3): the server sees only the aggregate of N updates.
 
-Not a per-update transform: it combines the observations of N clients that all received the same model theta_0
-(same architecture, parameters, buffers, protocol, K, lr and client-side defenses) into the one observation
-the server really holds.
+Not a per-update transform: it combines the updates of N clients that all received the same model theta_0
+(same architecture, parameters, buffers, protocol, K, lr and client-side defenses) into the one the server
+really holds (:func:`gradaudit.threat.aggregate` builds that observation). In a sweep, ``secagg:N`` makes the
+attacked client one of N, the other N-1 holding other private batches of the same size, and the attack is
+scored on all N B images it would have to tell apart.
 
 What the server sees. Client n shares u_n; for FedSGD u_n = g_n = (1/B_n) sum_{j in batch n} grad l_j, a mean
 over its own B_n samples. Under secure aggregation the server learns only the sum over clients (with the usual
@@ -39,20 +41,11 @@ from typing import Sequence
 import torch
 
 from ..errors import ConfigError, ObservationError
-from ..threat.observation import Observation
+from .base import register_defense
 
 
-def _same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> str | None:
-    """The first name on which two tensor dicts differ (keys, shape or value), or None."""
-    if list(a) != list(b):
-        missing = sorted(set(a) ^ set(b))
-        return missing[0] if missing else "(order)"
-    for k in a:
-        if a[k].shape != b[k].shape or not torch.equal(a[k].detach().cpu(), b[k].detach().cpu()):
-            return k
-    return None
-
-
+@register_defense("secagg", family="secure aggregation", parameters=("N",), example="secagg:4",
+                  acts_on="aggregate", strength="num_clients")
 @dataclass(frozen=True)
 class SecureAggregation:
     num_clients: int
@@ -64,48 +57,10 @@ class SecureAggregation:
     def describe(self) -> str:
         return f"secagg:{self.num_clients}"
 
-    def aggregate(self, observations: Sequence[Observation]) -> Observation:
-        """The server's single observation of N clients' securely aggregated updates (see the module docstring)."""
-        obs = list(observations)
-        n = self.num_clients
-        if len(obs) != n:
-            raise ObservationError(f"secure aggregation over {n} clients got {len(obs)} observations")
-        first = obs[0]
-        for i, o in enumerate(obs[1:], start=1):
-            what = None
-            if o.model != first.model:
-                what = f"model {o.model.to_dict()} vs {first.model.to_dict()}"
-            elif o.data != first.data:
-                what = f"data normalisation '{o.data.name}' vs '{first.data.name}'"
-            elif (name := _same_tensors(o.parameters, first.parameters)) is not None:
-                what = f"theta_0 (parameter '{name}')"
-            elif (name := _same_tensors(o.buffers, first.buffers)) is not None:
-                what = f"buffers (buffer '{name}')"
-            elif (o.update_kind, o.local_steps, o.local_lr) != (first.update_kind, first.local_steps, first.local_lr):
-                what = (f"protocol ({o.update_kind}, K={o.local_steps}, lr={o.local_lr}) vs "
-                        f"({first.update_kind}, K={first.local_steps}, lr={first.local_lr})")
-            elif list(o.defenses) != list(first.defenses):
-                what = f"defenses {o.defenses} vs {first.defenses}"
-            if what is not None:
-                raise ObservationError(f"secure aggregation needs every client to have received the same round; "
-                                       f"client {i} differs from client 0 in {what}")
-        total = sum(o.batch_size for o in obs)
-        update = {}
-        for k in first.update:
-            update[k] = sum((o.batch_size / total) * o.update[k] for o in obs)
-        labels = None
-        if all(o.labels is not None for o in obs):
-            labels = torch.cat([o.labels.reshape(-1) for o in obs])
-        extras = {k: v for k, v in first.extras.items()
-                  if all(k in o.extras and o.extras[k] == v for o in obs[1:])}
-        extras["num_clients"] = n
-        return Observation(
-            model=first.model, parameters={k: v.clone() for k, v in first.parameters.items()}, update=update,
-            batch_size=total, data=first.data, buffers={k: v.clone() for k, v in first.buffers.items()},
-            update_kind=first.update_kind, local_steps=first.local_steps, local_lr=first.local_lr, labels=labels,
-            bn_statistics=None, defenses=list(first.defenses) + [self.describe()], extras=extras)
-
-
-def aggregate(observations: Sequence[Observation]) -> Observation:
-    """Securely aggregate all the given observations (N = their number)."""
-    return SecureAggregation(len(observations)).aggregate(observations)
+    def combine(self, updates: Sequence[dict[str, torch.Tensor]], batch_sizes: Sequence[int]
+                ) -> dict[str, torch.Tensor]:
+        """The normalised aggregate sum_n (B_n / sum_m B_m) u_n of N clients' updates (module docstring)."""
+        if len(updates) != self.num_clients or len(batch_sizes) != self.num_clients:
+            raise ObservationError(f"secure aggregation over {self.num_clients} clients got {len(updates)} updates")
+        total = sum(batch_sizes)
+        return {k: sum((b / total) * u[k] for u, b in zip(updates, batch_sizes)) for k in updates[0]}

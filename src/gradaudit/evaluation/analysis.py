@@ -29,7 +29,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from ..errors import ConfigError
+from ..defenses.registry import defense_strength
+from ..errors import ConfigError, GradauditError
 from .store import CellRow, ResultsStore, UtilityRow
 from .sweep import NO_DEFENSE, split_chain
 
@@ -49,7 +50,9 @@ class DefenseName:
 
 
 def parse_defense_label(label: str) -> DefenseName:
-    """Family and strength of a stored defense string (see the module docstring)."""
+    """Family and strength of a stored defense string, from the defenses' own declarations
+    (:func:`gradaudit.defenses.registry.defense_strength`); labels no registered defense parses (written by
+    another version) fall back to reading the text."""
     label = (label or "").strip()
     if label.lower() in ("", NO_DEFENSE):
         return DefenseName(NO_DEFENSE, NO_DEFENSE, "", None)
@@ -59,24 +62,21 @@ def parse_defense_label(label: str) -> DefenseName:
         name, _, strength = part.partition(":")
         families.append(name.strip())
         strengths.append(strength.strip())
-        values.append(_strength_value(strength.strip()))
+        try:
+            values.append(defense_strength(part))
+        except GradauditError:
+            values.append(_strength_value(strength.strip()))
     if len(parts) == 1:
         return DefenseName(label, families[0], strengths[0], values[0])
     return DefenseName(label, " + ".join(families), " + ".join(strengths), None)
 
 
 def _strength_value(text: str) -> Optional[float]:
-    try:
-        return float(text)
-    except ValueError:
-        pass
+    """A number from a strength text no registered defense parses (legacy labels)."""
     pairs = dict(p.split("=", 1) for p in text.split(",") if "=" in p)
-    numbers = pairs.get("sigma") or next(iter(pairs.values()), None) if pairs else None
-    if numbers is None:
-        first = text.split(",")[0]
-        numbers = first
+    candidate = pairs.get("sigma") or next(iter(pairs.values()), None) if pairs else text.split(",")[0]
     try:
-        return float(numbers)
+        return float(candidate)
     except (TypeError, ValueError):
         return None
 

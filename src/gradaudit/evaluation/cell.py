@@ -16,11 +16,13 @@ from ..attacks.registry import build_attack
 from ..config import RunConfig
 from ..data import ImageDataset, load_dataset
 from ..defenses.base import UpdateTransform
-from ..defenses.registry import parse_defense
+from ..defenses.registry import defense_info, parse_defense
+from ..defenses.secure_aggregation import SecureAggregation
 from ..errors import ConfigError
 from ..metrics import LPIPSMetric, ReconstructionScores, score_reconstruction
 from ..models.registry import ModelSpec, build_model
 from ..models.weights import check_weights, load_weights, read_weights
+from ..threat.aggregation import aggregate
 from ..threat.client import Client, ServerKnowledge
 from ..threat.observation import DataSpec, Observation
 
@@ -34,6 +36,10 @@ class PreparedRun:
     attack: Attack
     defenses: list[UpdateTransform]
     device: torch.device
+    #: secure aggregation over this many clients (the attacked one and N-1 others), or None
+    aggregate: SecureAggregation | None = None
+    #: the private batches of the other clients under secure aggregation
+    others: list[list[int]] = field(default_factory=list)
 
 
 @dataclass
@@ -79,7 +85,7 @@ def prepare(config: RunConfig, *, trust_code: bool = False, allow_legacy: bool =
     trusts that code (:mod:`gradaudit.trust`); ``allow_legacy``: read a generator checkpoint without the
     metadata checksum. Both are the caller's choice, never the config's."""
     device = resolve_device(config.device)
-    defenses = [parse_defense(s) for s in config.defenses]
+    defenses, aggregate = split_defenses([parse_defense(s) for s in config.defenses])
     attack = build_attack(config.attack.preset, device=device, seed=config.seed, trust_code=trust_code,
                           allow_legacy=allow_legacy, **config.attack.overrides())
     dataset = load_dataset(config.data.name, root=config.data.root, split=config.data.split,
@@ -93,7 +99,40 @@ def prepare(config: RunConfig, *, trust_code: bool = False, allow_legacy: bool =
     model = build_model(spec)  # fail early on a bad model name or kwargs
     if config.model.weights is not None:  # ... and on weights that do not fit it
         check_weights(model, read_weights(config.model.weights), spec.name, config.model.weights)
-    return PreparedRun(config, dataset, indices, spec, attack, defenses, device)
+    others = other_clients(len(dataset), indices, aggregate, config.seed)
+    return PreparedRun(config, dataset, indices, spec, attack, defenses, device, aggregate, others)
+
+
+def split_defenses(defenses: list) -> tuple[list[UpdateTransform], SecureAggregation | None]:
+    """The client's update transforms (in order) and the aggregate-level defense, which must come last."""
+    updates, aggregate = [], None
+    for d in defenses:
+        if defense_info(d).acts_on == "aggregate":
+            if aggregate is not None:
+                raise ConfigError("only one secure aggregation per defense chain")
+            aggregate = d
+        elif aggregate is not None:
+            raise ConfigError(f"defense {d.describe()} comes after {aggregate.describe()}: a client transforms "
+                              "its update before it is aggregated, so list secure aggregation last")
+        else:
+            updates.append(d)
+    return updates, aggregate
+
+
+def other_clients(n: int, indices: list[int], aggregate: SecureAggregation | None, seed: int) -> list[list[int]]:
+    """Under secure aggregation over N clients: N-1 further private batches of the attacked batch's size, drawn
+    without repetition from the rest of the dataset (fixed by ``seed``)."""
+    if aggregate is None:
+        return []
+    b = len(indices)
+    rest = [i for i in range(n) if i not in set(indices)]
+    need = b * (aggregate.num_clients - 1)
+    if need > len(rest):
+        raise ConfigError(f"secure aggregation over {aggregate.num_clients} clients of {b} images needs "
+                          f"{b * aggregate.num_clients} images; the dataset has {n}")
+    g = torch.Generator().manual_seed(seed + 7919)
+    pick = [rest[i] for i in torch.randperm(len(rest), generator=g)[:need].tolist()]
+    return [pick[k * b:(k + 1) * b] for k in range(aggregate.num_clients - 1)]
 
 
 #: public images a malicious server uses to prepare its model (at most this many)
@@ -120,13 +159,21 @@ def observe(run: PreparedRun) -> tuple[Observation, torch.Tensor, torch.Tensor]:
         load_weights(model, cfg.model.weights, run.spec.name)
     if getattr(model, "centre_on_public", False):
         prepare_on_public_data(model, run)
-    images, labels = run.dataset.batch(run.indices)
     data = DataSpec(run.dataset.name, tuple(run.dataset.mean), tuple(run.dataset.std))
-    client = Client(model, run.spec, data, protocol=cfg.threat.protocol, local_steps=cfg.threat.local_steps,
-                    local_lr=cfg.threat.local_lr, transforms=run.defenses,
-                    knowledge=ServerKnowledge(labels=cfg.threat.labels_known,
-                                              bn_statistics=cfg.threat.bn_statistics_known), seed=cfg.seed)
-    return client.share(images, labels), images, labels
+    knowledge = ServerKnowledge(labels=cfg.threat.labels_known, bn_statistics=cfg.threat.bn_statistics_known)
+    batches = [run.indices] + run.others
+    observations, images, labels = [], [], []
+    for i, batch in enumerate(batches):  # the attacked client first, then the others of a secure aggregate
+        x, y = run.dataset.batch(batch)
+        client = Client(model, run.spec, data, protocol=cfg.threat.protocol, local_steps=cfg.threat.local_steps,
+                        local_lr=cfg.threat.local_lr, transforms=run.defenses, knowledge=knowledge,
+                        seed=cfg.seed if i == 0 else cfg.seed * 1009 + i)
+        observations.append(client.share(x, y))
+        images.append(x)
+        labels.append(y)
+    if run.aggregate is None:
+        return observations[0], images[0], labels[0]
+    return aggregate(observations, run.aggregate.num_clients), torch.cat(images), torch.cat(labels)
 
 
 def run_attack(config: RunConfig, progress: ProgressFn | None = None, *,

@@ -35,7 +35,8 @@ from ..checks import check_run_dir
 from ..errors import ConfigError
 from .executors import CellExecutor, make_executor
 from .store import CellRow, ResultsStore
-from .sweep import Cell, SweepConfig, load_sweep, parse_sweep, plan
+from ..defenses.registry import defense_strength
+from .sweep import NO_DEFENSE, Cell, SweepConfig, load_sweep, parse_sweep, plan
 
 SWEEP_FILE = "sweep.yaml"
 CELLS_DIR = "cells"
@@ -177,6 +178,15 @@ def _finite(v: Any) -> Optional[float]:
     return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
 
 
+def defense_columns(specs: list[str]) -> tuple[str, Optional[float]]:
+    """The store's ``defense_family`` (spec names joined, ``none``) and ``defense_strength`` (declared strength
+    of a single defense, None for a chain) of a cell's defenses."""
+    if not specs:
+        return NO_DEFENSE, None
+    names = [s.partition(":")[0].strip() for s in specs]
+    return " + ".join(names), (defense_strength(specs[0]) if len(specs) == 1 else None)
+
+
 def _done_row(cell: Cell, outcome: dict[str, Any], attempts: int, errors: list[str], rel: str,
               executor: str) -> CellRow:
     scores = outcome["scores"]
@@ -184,9 +194,10 @@ def _done_row(cell: Cell, outcome: dict[str, Any], attempts: int, errors: list[s
     metrics.update({"attempts": attempts, "previous_errors": errors, "executor": executor,
                     "worker_pid": outcome.get("pid"), "cell_seconds": outcome["seconds"],
                     "cell_cpu_seconds": outcome.get("cpu_seconds")})
+    family, strength = defense_columns(cell.config.defenses)
     return CellRow(key=cell.key, status="done", attack=cell.attack, defense=cell.defense,
                    batch_size=cell.batch_size, sample=cell.sample, seed=cell.seed, config=cell.config_dict(),
-                   psnr=_finite(scores.get("mean_psnr")), ssim=_finite(scores.get("mean_ssim")),
+                   defense_family=family, defense_strength=strength, psnr=_finite(scores.get("mean_psnr")), ssim=_finite(scores.get("mean_ssim")),
                    mse=_finite(scores.get("mean_mse")), lpips=_finite(scores.get("mean_lpips")),
                    label_acc=_finite(scores.get("label_accuracy")), seconds=float(outcome["seconds"]),
                    attempts=attempts, images_path=rel, metrics=metrics)
@@ -194,9 +205,10 @@ def _done_row(cell: Cell, outcome: dict[str, Any], attempts: int, errors: list[s
 
 def _failed_row(cell: Cell, outcome: dict[str, Any], attempts: int, errors: list[str], seconds: float,
                 executor: str) -> CellRow:
+    family, strength = defense_columns(cell.config.defenses)
     return CellRow(key=cell.key, status="failed", attack=cell.attack, defense=cell.defense,
                    batch_size=cell.batch_size, sample=cell.sample, seed=cell.seed, config=cell.config_dict(),
-                   seconds=seconds, attempts=attempts, error=outcome.get("error") or "unknown error",
+                   defense_family=family, defense_strength=strength, seconds=seconds, attempts=attempts, error=outcome.get("error") or "unknown error",
                    metrics={"errors": errors, "traceback": outcome.get("traceback", ""), "executor": executor})
 
 

@@ -9,7 +9,10 @@ Only the parent process writes; workers return their results to it.
 
 Tables:
   cells(key PK, status 'done'|'failed', attack, defense, batch_size, sample, seed, psnr, ssim, mse, lpips,
-        label_acc, seconds, attempts, error, images_path, config_json, metrics_json, finished_at)
+        label_acc, seconds, attempts, error, images_path, config_json, metrics_json, finished_at,
+        defense_family, defense_strength)
+        (defense_family: the defenses' spec names joined by ' + ', 'none' without one; defense_strength: the
+        declared strength of a single defense, NULL for a chain; both added to older stores when opened)
   utility(key PK, defense, dataset, model, final_train_loss, test_accuracy, seconds, config_json, finished_at)
 """
 
@@ -41,7 +44,9 @@ CREATE TABLE IF NOT EXISTS cells (
     images_path TEXT,
     config_json TEXT NOT NULL,
     metrics_json TEXT,
-    finished_at TEXT NOT NULL
+    finished_at TEXT NOT NULL,
+    defense_family TEXT,
+    defense_strength REAL
 );
 CREATE TABLE IF NOT EXISTS utility (
     key TEXT PRIMARY KEY,
@@ -79,6 +84,8 @@ class CellRow:
     error: Optional[str] = None
     images_path: Optional[str] = None
     metrics: dict[str, Any] = field(default_factory=dict)
+    defense_family: Optional[str] = None
+    defense_strength: Optional[float] = None
 
 
 @dataclass
@@ -116,8 +123,16 @@ class ResultsStore:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")
             self._conn.executescript(_SCHEMA)
+            self._migrate()
         except sqlite3.DatabaseError as e:
             raise ConfigError(f"'{self.path}' cannot be used as a results store: {e}") from None
+
+    def _migrate(self) -> None:
+        """Add the columns a store written by an older version lacks (NULL for its rows)."""
+        have = {r[1] for r in self._conn.execute("PRAGMA table_info(cells)")}
+        for column, kind in (("defense_family", "TEXT"), ("defense_strength", "REAL")):
+            if column not in have:
+                self._conn.execute(f"ALTER TABLE cells ADD COLUMN {column} {kind}")
 
     def close(self) -> None:
         self._conn.close()
@@ -133,12 +148,14 @@ class ResultsStore:
         """Insert a finished cell in one transaction; returns False (and writes nothing) if the key exists."""
         values = (row.key, row.status, row.attack, row.defense, row.batch_size, row.sample, row.seed,
                   row.psnr, row.ssim, row.mse, row.lpips, row.label_acc, row.seconds, row.attempts, row.error,
-                  row.images_path, json.dumps(row.config, sort_keys=True), json.dumps(row.metrics), _now())
+                  row.images_path, json.dumps(row.config, sort_keys=True), json.dumps(row.metrics), _now(),
+                  row.defense_family, row.defense_strength)
         with self._transaction():
             cur = self._conn.execute(
                 "INSERT OR IGNORE INTO cells (key, status, attack, defense, batch_size, sample, seed, psnr, ssim,"
                 " mse, lpips, label_acc, seconds, attempts, error, images_path, config_json, metrics_json,"
-                " finished_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", values)
+                " finished_at, defense_family, defense_strength) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                values)
         return cur.rowcount == 1
 
     def finished_keys(self, include_failed: bool = True) -> set[str]:
@@ -156,7 +173,8 @@ class ResultsStore:
                           config=json.loads(r["config_json"]), psnr=r["psnr"], ssim=r["ssim"], mse=r["mse"],
                           lpips=r["lpips"], label_acc=r["label_acc"], seconds=r["seconds"],
                           attempts=r["attempts"], error=r["error"], images_path=r["images_path"],
-                          metrics=json.loads(r["metrics_json"]) if r["metrics_json"] else {})
+                          metrics=json.loads(r["metrics_json"]) if r["metrics_json"] else {},
+                          defense_family=r.get("defense_family"), defense_strength=r.get("defense_strength"))
 
     def forget_failed(self, keys: set[str] | None = None) -> int:
         """Delete ``failed`` rows (all, or those in ``keys``) in one transaction, so a rerun retries them.

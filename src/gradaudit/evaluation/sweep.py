@@ -367,7 +367,8 @@ def validate_cells(cells: list[Cell], *, trust_code: bool = False) -> None:
     from ..data import load_dataset
     from ..defenses.dpsgd import has_batchnorm
     from ..models.registry import ModelSpec, build_model
-    from .cell import choose_indices, resolve_device
+    from ..defenses.registry import defense_info
+    from .cell import choose_indices, other_clients, resolve_device, split_defenses
 
     devices: dict[str, Any] = {}
     attacks: set[str] = set()
@@ -398,10 +399,15 @@ def validate_cells(cells: list[Cell], *, trust_code: bool = False) -> None:
                 from ..models.weights import check_weights, read_weights
 
                 check_weights(models[model_key], read_weights(cfg.model.weights), spec.name, cfg.model.weights)
-            if any(s.startswith("dpsgd") for s in cfg.defenses) and has_batchnorm(models[model_key]):
-                raise ConfigError(f"defense {cell.defense} needs per-sample gradients, which model "
+            per_sample = [s for s in cfg.defenses if defense_info(s).per_sample]
+            if per_sample and has_batchnorm(models[model_key]):
+                raise ConfigError(f"defense {per_sample[0]} needs {defense_info(per_sample[0]).needs}, which model "
                                   f"'{cfg.model.name}' (with batch norm) does not have; use a model without "
                                   "BatchNorm (lenet, mlp, convnet with model.kwargs.norm=none)")
+            specs = [parse_defense(s) for s in cfg.defenses]
+            split_defenses(specs)
+            other_clients(len(dataset), choose_indices(len(dataset), cfg.threat.batch_size, cfg.seed,
+                                                       cfg.data.indices), split_defenses(specs)[1], cfg.seed)
         except GradauditError as e:
             raise type(e)(f"cell {cell.label}: {e}") from None
         except (ValueError, TypeError) as e:  # a model factory's own argument checks

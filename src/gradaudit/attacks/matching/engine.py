@@ -20,7 +20,8 @@ L-BFGS couples its coordinates through its line search, so its members run one a
 
 ``tune="off"`` is the fixed recipe: one candidate (the preset's settings) with ``restarts`` restarts; the
 restart with the lowest final matching distance is kept and its last iterate returned. ``tune="auto"`` runs a
-candidate grid (:data:`~.tuning.DEFAULT_GRID`, or ``grid`` / ``candidates``) under successive halving, selects
+candidate grid (the model family's, :data:`~.tuning.FAMILY_GRIDS`; ``"wide"``: :data:`~.tuning.WIDE_GRID`; or
+``grid`` / ``candidates``) under successive halving, selects
 by the observation-only criterion ``select`` and returns the winner's best iterate.
 """
 
@@ -44,12 +45,13 @@ from .loop import LoopResult, LoopSettings, archive_candidates, run_population, 
 from .objective import ExtraTerm, MatchingObjective, autograd_param_grad, func_param_grad, holdout_names
 from .population import INITS, Candidate, MemberAdam, Population, initial_pixels, members
 from .regularizers import REGULARIZERS
-from .tuning import (CONTRAST_TOLERANCE, CRITERIA, DEFAULT_GRID, FIT_FAILED, HalvingPlan, candidates_from,
+from .tuning import (CONTRAST_TOLERANCE, CRITERIA, FAMILY_GRIDS, FIT_FAILED, WIDE_GRID, HalvingPlan, candidates_from,
+                     model_family,
                      criterion_scores, prior_strength, prune, rank_candidates, restore_contrast)
 from .victim import FunctionalVictim
 
 LabelStrategy = Literal["auto", "given", "recover", "joint"]
-TUNE_MODES = ("off", "auto")
+TUNE_MODES = ("off", "auto", "wide")
 #: builds an extra objective term for an observation's functional victim (e.g. the feature-matching term)
 TermFactory = Callable[[Observation, FunctionalVictim], ExtraTerm]
 
@@ -79,9 +81,10 @@ class MatchingConfig:
         latent_iterations, latent_lr: GIAS's first phase (latent search with the generator frozen).
         allow_train_overlap: let callers that know the evaluation images use a prior trained on them
             (:func:`gradaudit.attacks.priors.check_held_out`); the attack itself never sees those images.
-        tune: "off" (the fixed recipe above) or "auto" (self-tuning: see :mod:`.tuning`).
+        tune: "off" (the fixed recipe above), "auto" (self-tuning over the candidates of the victim's family,
+            :data:`~.tuning.FAMILY_GRIDS`) or "wide" (over :data:`~.tuning.WIDE_GRID`); see :mod:`.tuning`.
         grid: the tuning grid, name -> values (``lr``, ``distance``, ``init`` or a regulariser name); the
-            product of the lists is the candidate set (default :data:`~.tuning.DEFAULT_GRID`).
+            product of the lists is the candidate set (default: the model family's, or the wide grid).
         candidates: explicit candidate settings (each a dict overriding the base), instead of a grid.
         select: the observation-only selection criterion: "adaptive" (fit first, then the weakest prior; the
             strongest when nothing fits), "cosine", "heldout" or "consensus" (see :mod:`.tuning`).
@@ -182,6 +185,9 @@ class MatchingConfig:
         if self.time_budget is not None and not (isinstance(self.time_budget, (int, float)) and
                                                  math.isfinite(self.time_budget) and self.time_budget > 0):
             raise ConfigError(f"time_budget must be a finite number of seconds > 0, got {self.time_budget!r}")
+        if self.tune != "off" and self.parameterization != "pixels":
+            raise ConfigError(f"tuning runs on pixels; parameterization '{self.parameterization}' runs its fixed "
+                              "recipe (set tune to off)")
         if self.grid is not None and not isinstance(self.grid, dict):
             raise ConfigError(f"grid must map hyper-parameter names to lists of values, got {self.grid!r}")
         for key in (self.grid or {}):
@@ -197,11 +203,18 @@ class MatchingConfig:
                 if name not in REGULARIZERS:
                     raise unknown_name("regularizer", name, REGULARIZERS)
 
-    def candidate_settings(self) -> list[Candidate]:
-        """The candidates this configuration runs: the preset alone (``tune="off"``) or the tuning grid."""
+    def candidate_settings(self, family: str | None = None) -> list[Candidate]:
+        """The candidates this configuration runs: the preset alone (``tune="off"``), the explicit ``grid`` /
+        ``candidates``, the wide grid (``"wide"``), or the grid of the victim's ``family`` (``"auto"``; without
+        a family, for checks before any observation, the wide grid)."""
         if self.tune == "off":
             return candidates_from(self.lr, self.regularizers, self.distance, self.init)
-        grid = self.grid if (self.grid or self.candidates) else DEFAULT_GRID
+        if self.grid or self.candidates:
+            grid = self.grid
+        elif self.tune == "auto" and family is not None:
+            grid = FAMILY_GRIDS[family]
+        else:
+            grid = WIDE_GRID
         return candidates_from(self.lr, self.regularizers, self.distance, self.init, grid=grid,
                                explicit=self.candidates)
 
@@ -222,6 +235,9 @@ class MatchingSetup:
     lo: torch.Tensor
     hi: torch.Tensor
     extra_regularizers: dict[str, float] = field(default_factory=dict)
+    #: the candidate settings this attack runs on this observation
+    candidates: list[Candidate] = field(default_factory=list)
+    family: str = "plain"
 
     def member_regularizers(self, candidate: Candidate) -> dict[str, float]:
         """A candidate's regulariser weights with the attack's extra ones (:meth:`~GradientMatchingAttack.
@@ -361,18 +377,20 @@ class GradientMatchingAttack(Attack):
         victim = FunctionalVictim(obs, self.device)
         labels, label_source = attack_labels(obs, victim, cfg.labels, self.device)
         extra = self.extra_regularizers(obs, victim)
+        family = model_family(victim)
+        candidates = cfg.candidate_settings(family)
         regs: list[str] = []
-        for c in cfg.candidate_settings():
+        for c in candidates:
             regs += [n for n, _ in c.regularizers if n not in regs]
         regs += [n for n in extra if n not in regs]
         bn = bn_targets_for(obs, victim, self.device) if "bn" in regs else []
-        distances = list(dict.fromkeys(c.distance for c in cfg.candidate_settings()))
+        distances = list(dict.fromkeys(c.distance for c in candidates))
         objective = MatchingObjective(victim, obs, distances=distances, regularizers=regs, bn_targets=bn,
                                       first_bn_weight=cfg.first_bn_weight,
                                       holdout=holdout_names(victim.names, cfg.holdout),
                                       extra=self.objective_terms(obs, victim))
         lo, hi = pixel_box(obs, self.device)
-        return MatchingSetup(obs, victim, labels, label_source, bn, objective, lo, hi, extra)
+        return MatchingSetup(obs, victim, labels, label_source, bn, objective, lo, hi, extra, candidates, family)
 
     # ---------------------------------------------------------------------------------------- attack
     def reconstruct(self, observation: Observation, progress: ProgressFn | None = None) -> Reconstruction:
@@ -383,7 +401,7 @@ class GradientMatchingAttack(Attack):
             return reconstruct_with_prior(self, observation, progress)
         t0 = time.perf_counter()
         s = self.setup(observation)
-        candidates = cfg.candidate_settings()
+        candidates = s.candidates
         if cfg.optimizer == "adam":
             pop, result = self._run_adam(s, candidates, progress)
         else:
@@ -517,7 +535,7 @@ class GradientMatchingAttack(Attack):
     def _result(self, s: MatchingSetup, candidates: list[Candidate], pop: Population, result: LoopResult,
                 seconds: float) -> Reconstruction:
         cfg, obs = self.config, s.observation
-        if cfg.tune == "off":  # the fixed recipe: the restart with the lowest final distance, its last iterate
+        if cfg.tune == "off" or len(candidates) == 1:  # one recipe: the restart with the lowest final distance
             final = self._final_distances(s, pop)
             best = int(final.argmin())
             x, labels, loss = pop.theta["x"][best], pop.labels[best], float(final[best])
@@ -537,12 +555,12 @@ class GradientMatchingAttack(Attack):
         chosen = candidates[winner]
         info.update(lr=chosen.lr, distance=chosen.distance, init=chosen.init,
                     regularizers=s.member_regularizers(chosen))
-        info["tuning"] = _tuning_record(cfg, candidates, result, winner)
+        info["tuning"] = {**_tuning_record(cfg, candidates, result, winner), "family": s.family}
         rec = Reconstruction(
             images=to_pixels(x, obs), labels=out_labels.detach().cpu(), attack=self.name, matching_loss=loss,
             restart_losses=restart_losses, history=result.history, iterations=result.iterations,
             seconds=seconds, label_source=s.label_source, config=info)
-        if cfg.tune != "off":
+        if len(candidates) > 1:
             rec.candidates = {k: (to_pixels(a.x, obs), (a.labels.argmax(-1) if pop.joint else a.labels))
                               for k, a in result.archive.items()}
         return rec

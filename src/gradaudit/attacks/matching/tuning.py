@@ -55,13 +55,30 @@ CONTRAST_TOLERANCE = 0.2
 #: ``adaptive``: candidates within (1 + ADMIT) x the best distance fit about as well as the best
 ADMIT = 0.2
 
-#: the default candidate grid of the tuning attack: name -> values (the product is the grid). Total variation
-#: in decade steps from 1e-3 to 1. In the study behind it (benchmarks/tuning_study.py: 8 weights from 1e-4 to
-#: 1, 400 iterations, embedded photos) the best weight was 1e-4 to 1e-3 on a ConvNet without batch norm, 3e-3
-#: to 0.1 with it (0.01 and 0.03 within a fraction of a dB of each other once the contrast is restored), 0.1
-#: to 0.3 on LeNet and the largest on a fresh ResNet-18; a step size of 0.03 instead of 0.1 never won. Four
-#: candidates, not eight: at equal wall time every candidate costs the winner iterations.
-DEFAULT_GRID: dict[str, list[Any]] = {"tv": [1e-3, 1e-2, 0.1, 1.0]}
+#: the wide grid (``tune="wide"``): total variation in half-decade steps from 1e-4 to 1
+WIDE_GRID: dict[str, list[Any]] = {"tv": [1e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0]}
+
+#: the candidates of ``tune="auto"`` by model family (:func:`model_family`). In the study behind them
+#: (benchmarks/tuning_study.py: the wide grid run to the end on 8 embedded photos per model, 400 iterations)
+#: the best weight was 1e-4 to 1e-3 without batch norm (ConvNet), 3e-3 to 0.1 with a few BN layers (ConvNet:
+#: 0.01 and 0.03 within a fraction of a dB of each other once the contrast is restored) and the largest on a
+#: network with many (a fresh ResNet-18, whose fit fails: d ~ 0.7). At equal wall time every extra candidate
+#: costs the winner iterations (benchmarks/strongest_attack.py: with all 8 weights the tuned attack fell 2 dB
+#: below the fixed preset on the ConvNet), so each family gets the one or two weights that won there.
+FAMILY_GRIDS: dict[str, dict[str, list[Any]]] = {
+    "plain": {"tv": [1e-3]},
+    "batch-norm": {"tv": [1e-2, 3e-2]},
+    "deep-batch-norm": {"tv": [0.3, 1.0]},
+}
+#: more batch-norm layers than this make a model "deep" (the ConvNet has 4, the CIFAR ResNet-18 20)
+DEEP_BN_LAYERS = 8
+
+
+def model_family(victim) -> str:
+    """The tuning family of the victim the observation names: ``plain`` (no batch norm), ``batch-norm`` or
+    ``deep-batch-norm`` (more than :data:`DEEP_BN_LAYERS` BN layers)."""
+    n = len(victim.bn_layers)
+    return "plain" if n == 0 else ("deep-batch-norm" if n > DEEP_BN_LAYERS else "batch-norm")
 
 
 def candidates_from(base_lr: float, base_regularizers: Mapping[str, float], base_distance: str, base_init: str,
@@ -253,6 +270,6 @@ def restore_contrast(x: torch.Tensor, target_std: float = 1.0) -> torch.Tensor:
     return mu + centred / sd * target_std
 
 
-__all__ = ["ADMIT", "CONTRAST_TOLERANCE", "CRITERIA", "DEFAULT_GRID", "FIT_FAILED", "HalvingPlan", "candidate_scores", "candidates_from",
+__all__ = ["ADMIT", "CONTRAST_TOLERANCE", "CRITERIA", "DEEP_BN_LAYERS", "FAMILY_GRIDS", "WIDE_GRID", "model_family", "FIT_FAILED", "HalvingPlan", "candidate_scores", "candidates_from",
            "consensus_scores", "prior_strength", "rank_candidates", "restore_contrast",
            "BudgetClock", "criterion_scores", "prune"]
