@@ -66,7 +66,7 @@ class Cell:
 
     def build(self, attack: str, iterations: int, latent_iterations: int = 0):
         if attack == "gi-x":
-            return build_attack("inverting-gradients", iterations=iterations)
+            return build_attack("inverting-gradients", iterations=iterations, tune="off")
         if attack == "dip":
             return build_attack("dip", iterations=iterations)
         prior = self.priors["giml" if attack == "gias+giml" else "dcgan"]

@@ -86,7 +86,7 @@ def func_hvp_ms(gmap, x, y, loss, repeats: int) -> float:
 
 def attack_iteration_s(obs, n1: int, n2: int) -> float:
     def run(n):
-        return _timed(lambda: build_attack("inverting-gradients", iterations=n).reconstruct(obs))[1]
+        return _timed(lambda: build_attack("inverting-gradients", iterations=n, tune="off").reconstruct(obs))[1]
 
     run(1)
     return min((run(n2) - run(n1)) / (n2 - n1) for _ in range(2))
@@ -136,7 +136,7 @@ def main() -> None:
         print(f"  attack inverting-gradients: {1e3 * it:.1f} ms/iteration -> {attack:.1f} s for the "
               f"preset's {default_iters} iterations (x{default_iters})")
         if name == "lenet":
-            rec, t_full = _timed(lambda: build_attack("inverting-gradients").reconstruct(obs))
+            rec, t_full = _timed(lambda: build_attack("inverting-gradients", tune="off").reconstruct(obs))
             print(f"  attack inverting-gradients, {default_iters} iterations measured: {t_full:.1f} s "
                   f"(final cosine distance {rec.matching_loss:.3g})")
         print(f"  one sample: lambda_max (both losses) {100 * t_top / attack:.2f}% of the attack; with the "

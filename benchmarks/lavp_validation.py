@@ -1,6 +1,6 @@
 """Validation study of the loss-aware vulnerability proxy (LAVP, seed 000) on two datasets x two architectures.
 
-For each setting, :func:`gradaudit.proxies.validation.validate_proxies` attacks N samples one at a time (B = 1,
+For each setting, :func:`gradaudit.evaluation.lavp_validation.validate_proxies` attacks N samples one at a time (B = 1,
 FedSGD, labels known, one freshly initialised victim per setting, seed 0) with an L2 attack (DLG: L-BFGS) and
 a cosine attack (Inverting Gradients preset), scores PSNR / SSIM / MSE, computes the proxies, and reports
 Spearman rho with bootstrap 95 % CIs per proxy x metric x attack loss, plus the worst-case local analysis.
@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 
 from gradaudit.data import load_dataset
-from gradaudit.proxies.validation import validate_proxies
+from gradaudit.evaluation.lavp_validation import validate_proxies
 
 LENET = dict(model="lenet", kwargs={}, optimizers={"l2": "lbfgs", "cosine": "lbfgs"}, local_steps=100)
 CONVNET = dict(model="convnet", kwargs={"norm": "none"}, method="lanczos", which=("max",),
@@ -78,7 +78,7 @@ def run_setting(name: str, n: int, n_boot: int, seed: int, out: Path | None, log
 
 
 def render(out: Path, names: list[str]) -> None:
-    from gradaudit.proxies.validation import load_validation
+    from gradaudit.evaluation.lavp_validation import load_validation
 
     sections, total = [], 0.0
     for name in names:

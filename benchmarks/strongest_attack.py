@@ -147,7 +147,8 @@ def run_cell(cell: Cell, args, out) -> None:
         out.flush()
         print(f"{cell.name} image {index}: ref {row['reference_psnr']:.2f} fixed {row['fixed_psnr']:.2f} "
               f"tuned {row['tuned_psnr']:.2f} dB (start {row['random_start_psnr']:.2f}, regret "
-              f"{row['regret_db']:.2f}, {row['winner']}, {budget:.0f} s each)", flush=True)
+              f"{'-' if row['regret_db'] is None else format(row['regret_db'], '.2f')}, {row['winner']}, "
+              f"{budget:.0f} s each)", flush=True)
 
 
 def summary(path: Path) -> None:

@@ -299,10 +299,10 @@ def main(argv=None) -> int:
     if args.mode == "client":
         run_client(s, args.client_id, args.address)
         return 0
-    from gradaudit.integrations.audit_report import format_leakage, leakage_table, round_table, write_audit_report
+    from gradaudit.report.audit import format_leakage, leakage_table, round_table, write_audit_report
     from gradaudit.integrations.audit import AuditStore
     from gradaudit.evaluation.analysis import to_markdown
-    from gradaudit.integrations.audit_report import ROUND_COLUMNS
+    from gradaudit.report.audit import ROUND_COLUMNS
 
     out = Path(args.out)
     t0 = time.perf_counter()

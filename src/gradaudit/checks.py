@@ -140,11 +140,24 @@ def check_input_file(path: str | os.PathLike, what: str) -> Path:
     return p
 
 
+def finite_or_none(v: Any) -> Any:
+    """``v`` as a float when it is a finite number, None when it is not (NaN, inf, None, text); lists are mapped
+    element by element. For results stores and JSON, where a non-finite number becomes NULL."""
+    if isinstance(v, (list, tuple)):
+        return [finite_or_none(u) for u in v]
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        try:
+            v = float(v)  # numpy and torch scalars
+        except (TypeError, ValueError):
+            return None
+    return float(v) if math.isfinite(v) else None
+
+
 def one_line(message: str) -> str:
     """A (possibly multi-line) message folded into one line: lines joined with ' | ', spaces collapsed."""
     parts = [" ".join(line.split()) for line in str(message).splitlines()]
     return " | ".join(p for p in parts if p)
 
 
-__all__ = ["check_existing_run_dir", "check_input_file", "check_int", "check_number", "check_output_dir",
+__all__ = ["finite_or_none", "check_existing_run_dir", "check_input_file", "check_int", "check_number", "check_output_dir",
            "check_output_files", "check_run_dir", "check_store_file", "one_line"]

@@ -156,7 +156,7 @@ def test_lbfgs_candidates_are_halved_too(obs_truth):
     assert all(c["score"] is not None for c in tuning["candidates"])
 
 
-@pytest.mark.parametrize("model, family, weights", [("lenet", "plain", [1e-3]), ("convnet", "batch-norm", [1e-2, 3e-2]),
+@pytest.mark.parametrize("model, family, weights", [("lenet", "plain", [1e-3, 0.1]), ("convnet", "batch-norm", [1e-2, 3e-2]),
                                                     ("resnet18", "deep-batch-norm", [0.3, 1.0])])
 def test_auto_tuning_runs_the_candidates_of_the_victim_s_family(model, family, weights):
     spec = ModelSpec(model, 10, (3, 16, 16))

@@ -11,6 +11,7 @@ from gradaudit.data import load_dataset
 from gradaudit.defenses.pruning import GradientPruning
 from gradaudit.errors import ConfigError, DataNotFoundError
 from gradaudit.evaluation import utility as U
+from gradaudit.evaluation.sweep import defense_label as sweep_defense_label
 from gradaudit.evaluation.store import ResultsStore
 from gradaudit.threat.client import Client
 
@@ -133,15 +134,15 @@ def test_utility_key_is_stable_and_specific():
     assert U.utility_key([]) == U.utility_key(["none"]) == U.utility_key(None)
 
 
-def test_defense_label_matches_the_sweeps_cells():
+def test_defense_label_is_the_sweeps_label():
+    from gradaudit.evaluation.sweep import split_chain
+
+    assert U.defense_label is sweep_defense_label  # one function, so utility rows join the sweep's cells
     assert U.defense_label([]) == "none"
     assert U.defense_label(["dpsgd:1,1.1", "prune:0.9"]) == "dpsgd:C=1,sigma=1.1 + prune:0.9"
-    assert U.split_chain("dpsgd:C=1,sigma=1.1 + prune:0.9") == ["dpsgd:C=1,sigma=1.1 ", " prune:0.9"]
-    assert U.split_chain("clip:1e+06+noise:0.1") == ["clip:1e+06", "noise:0.1"]
-    from gradaudit.evaluation import sweep
-    specs = ["dpsgd:C=1,sigma=1.1", "prune:0.9"]
-    assert U.defense_label(specs) == sweep.defense_label(specs)
-    assert U.defense_label([]) == sweep.defense_label([])
+    assert U.defense_label("dpsgd:1,1.1 + prune:0.90") == "dpsgd:C=1,sigma=1.1 + prune:0.9"
+    assert split_chain("dpsgd:C=1,sigma=1.1 + prune:0.9") == ["dpsgd:C=1,sigma=1.1 ", " prune:0.9"]
+    assert split_chain("clip:1e+06+noise:0.1") == ["clip:1e+06", "noise:0.1"]
 
 
 @pytest.mark.parametrize("kwargs, match", [

@@ -20,7 +20,8 @@ from ..checks import check_input_file, check_output_dir, check_output_files
 from ..config import RunConfig, load_config
 from ..evaluation.cell import AuditResult, prepare, resolve_device, run_attack
 from ..models.registry import build_model
-from ..report.run_files import summarize, write_captured, write_results
+from ..evaluation.records import summarize
+from ..report.run_files import write_captured, write_results
 from ..threat.observation import Observation
 
 #: the files every attack run writes into its folder (plus the observation pair(s))

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 from ..checks import check_input_file, check_int, check_number, check_output_dir
 from ..errors import ConfigError, ObservationError
 from ..models.registry import ModelSpec, build_model
+from ..threat.capture import captured_observation
 from ..threat.observation import DataSpec, Observation
 
 
@@ -74,21 +75,11 @@ def export_observation(out: str | Path, *, weights: str | Path, model: str, num_
     names = [k for k, _ in net.named_parameters()]
     buffers = {k: theta0[k] for k, _ in net.named_buffers() if k in theta0}
     params = {k: theta0[k] for k in names if k in theta0}
-    if returned is not None:
-        theta_k = _load_tensors(returned, "--returned")
-        missing = [k for k in names if k not in theta_k]
-        if missing:
-            raise ObservationError(f"{returned} lacks parameter '{missing[0]}'")
-        update = {k: params[k] - theta_k[k] for k in names if k in params}
-        kind = "local_update"
-    else:
-        grads = _load_tensors(gradient, "--gradient")
-        update = {k: grads[k] for k in names if k in grads}
-        kind = "gradient"
-    obs = Observation(model=spec, parameters=params, update=update, batch_size=batch_size,
-                      data=DataSpec(dataset, mean_t, std_t), buffers=buffers, update_kind=kind,
-                      local_steps=local_steps if kind == "local_update" else 1,
-                      local_lr=local_lr if kind == "local_update" else None)
+    obs = captured_observation(
+        spec, DataSpec(dataset, mean_t, std_t), params, buffers, batch_size=batch_size,
+        returned=_load_tensors(returned, "--returned") if returned is not None else None,
+        gradient=_load_tensors(gradient, "--gradient") if gradient is not None else None,
+        local_steps=local_steps, local_lr=local_lr)
     obs.check_model(net)
     return obs.save(out)
 

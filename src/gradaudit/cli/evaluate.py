@@ -48,42 +48,43 @@ def summary_tables(summary) -> list[Table]:
     return [run, best]
 
 
+def evaluate(
+    sweep_yaml: Path = typer.Argument(..., help="Sweep file (base, attacks, defenses, batch_sizes, samples)."),
+    out: Path = typer.Option(..., "--out", help="Run folder: results.sqlite, sweep.yaml, cells/."),
+    workers: int = typer.Option(2, "--workers", min=1, help="Parallel cells (worker processes / Ray CPUs)."),
+    executor: ExecutorName = typer.Option(ExecutorName.local, "--executor", help="local | ray"),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address",
+                                              help="Join a running Ray cluster (with --executor ray)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1,
+                                          help="Torch threads per worker (default: cores // workers)."),
+    set_: list[str] = typer.Option([], "--set", help="Dotted override of the sweep, e.g. "
+                                                     "base.attack.iterations=50 (repeatable)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
+    retry_failed: bool = typer.Option(False, "--retry-failed",
+                                      help="Run again the cells an earlier run recorded as failed."),
+    trust_model_code: bool = trust_option(),
+) -> None:
+    """Run a sweep of attacks x defenses x batch sizes into --out, resuming whatever is already there."""
+    from ..evaluation.runner import run_sweep
+    from ..evaluation.sweep import load_sweep
+
+    sweep = load_sweep(sweep_yaml, set_)
+    summary = run_sweep(sweep, out, executor=executor.value, workers=workers, ray_address=ray_address,
+                        progress=progress, threads=threads, console=console,
+                        retry_failed=retry_failed, trust_code=trust_model_code)
+    if summary.retried:
+        console.print(f"retried {summary.retried} cell(s) recorded as failed by an earlier run")
+    for table in summary_tables(summary):
+        console.print(table)
+    for f in summary.failures[:10]:
+        console.print(f"[red]failed[/red] {f['cell']} after {f['attempts']} attempt(s): {f['error']}")
+    if len(summary.failures) > 10:
+        console.print(f"... and {len(summary.failures) - 10} more failed cells (status 'failed' in the store)")
+    state = "complete" if summary.complete else "incomplete"
+    console.print(f"Sweep {state}: {summary.stored_done} done, {summary.stored_failed} failed of "
+                  f"{summary.total} cells. Results: {out / 'results.sqlite'}, images: {out / 'cells'}/")
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``evaluate`` command to the gradaudit CLI."""
-
-    @app.command("evaluate")
-    def evaluate(
-        sweep_yaml: Path = typer.Argument(..., help="Sweep file (base, attacks, defenses, batch_sizes, samples)."),
-        out: Path = typer.Option(..., "--out", help="Run folder: results.sqlite, sweep.yaml, cells/."),
-        workers: int = typer.Option(2, "--workers", min=1, help="Parallel cells (worker processes / Ray CPUs)."),
-        executor: ExecutorName = typer.Option(ExecutorName.local, "--executor", help="local | ray"),
-        ray_address: Optional[str] = typer.Option(None, "--ray-address",
-                                                  help="Join a running Ray cluster (with --executor ray)."),
-        threads: Optional[int] = typer.Option(None, "--threads", min=1,
-                                              help="Torch threads per worker (default: cores // workers)."),
-        set_: list[str] = typer.Option([], "--set", help="Dotted override of the sweep, e.g. "
-                                                         "base.attack.iterations=50 (repeatable)."),
-        progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
-        retry_failed: bool = typer.Option(False, "--retry-failed",
-                                          help="Run again the cells an earlier run recorded as failed."),
-        trust_model_code: bool = trust_option(),
-    ) -> None:
-        """Run a sweep of attacks x defenses x batch sizes into --out, resuming whatever is already there."""
-        from ..evaluation.runner import run_sweep
-        from ..evaluation.sweep import load_sweep
-
-        sweep = load_sweep(sweep_yaml, set_)
-        summary = run_sweep(sweep, out, executor=executor.value, workers=workers, ray_address=ray_address,
-                            progress=progress, threads=threads, console=console,
-                            retry_failed=retry_failed, trust_code=trust_model_code)
-        if summary.retried:
-            console.print(f"retried {summary.retried} cell(s) recorded as failed by an earlier run")
-        for table in summary_tables(summary):
-            console.print(table)
-        for f in summary.failures[:10]:
-            console.print(f"[red]failed[/red] {f['cell']} after {f['attempts']} attempt(s): {f['error']}")
-        if len(summary.failures) > 10:
-            console.print(f"... and {len(summary.failures) - 10} more failed cells (status 'failed' in the store)")
-        state = "complete" if summary.complete else "incomplete"
-        console.print(f"Sweep {state}: {summary.stored_done} done, {summary.stored_failed} failed of "
-                      f"{summary.total} cells. Results: {out / 'results.sqlite'}, images: {out / 'cells'}/")
+    app.command("evaluate")(evaluate)

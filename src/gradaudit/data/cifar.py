@@ -26,6 +26,7 @@ from gradaudit.data import _download, _locate, safe_pickle
 from gradaudit.data._pixels import resize_images
 from gradaudit.data.base import CorruptDataError, ImageDataset
 from gradaudit.errors import unknown_name
+from gradaudit.data.registry import register_dataset
 
 
 @dataclass(frozen=True)
@@ -124,12 +125,14 @@ def load_cifar(spec: CifarSpec, root: str | os.PathLike | None = None, split: st
     return ImageDataset(spec.name, resize_images(images, image_size), labels, classes, spec.mean, spec.std)
 
 
+@register_dataset("cifar10")
 def load_cifar10(root: str | os.PathLike | None = None, split: str = "train", image_size: int | None = None,
                  download: bool = False) -> ImageDataset:
     """CIFAR-10 (10 classes); see the module docstring for format and search paths."""
     return load_cifar(CIFAR10, root, split, image_size, download)
 
 
+@register_dataset("cifar100")
 def load_cifar100(root: str | os.PathLike | None = None, split: str = "train", image_size: int | None = None,
                   download: bool = False) -> ImageDataset:
     """CIFAR-100 with its 100 fine labels; see the module docstring for format and search paths."""

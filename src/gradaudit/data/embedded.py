@@ -32,6 +32,7 @@ from PIL import Image
 from gradaudit.data._pixels import channel_stats, check_size, hwc_to_chw, resize_pil
 from gradaudit.data.base import ImageDataset
 from gradaudit.errors import DataNotFoundError, unknown_name
+from gradaudit.data.registry import register_dataset
 
 NAME = "embedded"
 DEFAULT_SIZE = 32
@@ -97,6 +98,7 @@ def crop_boxes(width: int, height: int) -> list[tuple[int, int, int, int]]:
     return boxes
 
 
+@register_dataset("embedded", shared_splits=True, source_groups="label", bundled=True)
 def load(root: str | os.PathLike | None = None, split: str = "train", image_size: int | None = None,
          download: bool = False) -> ImageDataset:
     """Build the embedded set (``root`` and ``download`` are ignored: it needs no files of its own)."""

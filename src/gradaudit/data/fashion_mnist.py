@@ -23,6 +23,7 @@ from gradaudit.data._pixels import resize_images
 from gradaudit.data.base import CorruptDataError, ImageDataset
 from gradaudit.data.idx import read_idx
 from gradaudit.errors import unknown_name
+from gradaudit.data.registry import register_dataset
 
 NAME = "fashion-mnist"
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -65,6 +66,7 @@ def _fetch_all(dest: Path) -> None:
             _download.fetch(URL + fname, dest / fname, md5)
 
 
+@register_dataset("fashion-mnist")
 def load(root: str | os.PathLike | None = None, split: str = "train", image_size: int | None = None,
          download: bool = False) -> ImageDataset:
     """Load the Fashion-MNIST ``split`` ("train" or "test") as a 1-channel 28x28 :class:`ImageDataset`."""

@@ -21,6 +21,7 @@ from PIL import Image, UnidentifiedImageError
 from gradaudit.data._pixels import center_square, channel_stats, check_size, hwc_to_chw, resize_pil
 from gradaudit.data.base import CorruptDataError, ImageDataset
 from gradaudit.errors import ConfigError, DataNotFoundError
+from gradaudit.data.registry import register_dataset
 
 NAME = "image-folder"
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -58,6 +59,7 @@ def _open(path: Path) -> Image.Image:
         raise CorruptDataError(f"{path}: cannot read image ({' '.join(str(exc).split())})") from None
 
 
+@register_dataset("image-folder", shared_splits=None)
 def load(root: str | os.PathLike | None = None, split: str = "train", image_size: int | None = None,
          download: bool = False) -> ImageDataset:
     """Load the class-per-folder images under ``root`` as an :class:`ImageDataset` (``download`` is ignored)."""

@@ -17,12 +17,14 @@ import torch
 from gradaudit.data._pixels import channel_stats, resize_images
 from gradaudit.data.base import ImageDataset
 from gradaudit.errors import DataNotFoundError, unknown_name
+from gradaudit.data.registry import register_dataset
 
 NAME = "lfw"
 CLASSES = ["face", "non-face"]
 SPLITS = ("train", "test")
 
 
+@register_dataset("lfw", shared_splits=True, bundled=True)
 def load(root: str | os.PathLike | None = None, split: str = "train", image_size: int | None = None,
          download: bool = False) -> ImageDataset:
     """Load the 200-image LFW face / non-face subset (``root`` and ``download`` are ignored)."""

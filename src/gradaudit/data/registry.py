@@ -11,15 +11,21 @@ name               what it is
 ``lfw``            scikit-image's bundled 200-image LFW face / non-face subset (offline)
 =================  ==========================================================================================
 
-Each module's docstring says where its files are looked for and their format.
+Each loader declares what other parts need to know about its data where it is defined
+(:func:`register_dataset`): its splits, whether they hold the same images (then no image of one split is
+held out from the other: a prior trained on ``lfw``/train has seen every ``lfw``/test image), what groups
+images by source (the embedded crops of one photo share its content: label = photo), and whether it ships
+inside the wheels (no folder, nothing to download). Each module's docstring says where its files are looked
+for and their format.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Protocol
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol
 
-from gradaudit.data import cifar, embedded, fashion_mnist, image_folder, lfw
 from gradaudit.data._pixels import check_size
 from gradaudit.data.base import ImageDataset
 from gradaudit.errors import ConfigError, unknown_name
@@ -30,18 +36,62 @@ class DatasetLoader(Protocol):
                  image_size: int | None = None, download: bool = False) -> ImageDataset: ...
 
 
-DATASETS: dict[str, DatasetLoader] = {
-    "embedded": embedded.load,
-    "fashion-mnist": fashion_mnist.load,
-    "cifar10": cifar.load_cifar10,
-    "cifar100": cifar.load_cifar100,
-    "image-folder": image_folder.load,
-    "lfw": lfw.load,
-}
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a dataset declares about itself (:func:`register_dataset`).
+
+    Attributes:
+        name: the name ``load_dataset`` takes.
+        splits: the split names it accepts.
+        shared_splits: True when every split holds the same images; None when it depends on the files (an
+            image folder without ``train/`` and ``test/`` sub-folders shares them).
+        source_groups: "" when images are independent, else what groups images of one source ("label": the
+            images of one class are crops of one photo), so a held-out check can refuse a prior that saw
+            another image of the same source.
+        bundled: the data ships inside installed wheels (no root to search, nothing to download).
+    """
+
+    name: str
+    loader: DatasetLoader = field(repr=False, compare=False)
+    splits: tuple[str, ...] = ("train", "test")
+    shared_splits: bool | None = False
+    source_groups: str = ""
+    bundled: bool = False
+
+
+#: name -> declaration, filled by :func:`register_dataset` where each loader is defined
+DATASETS: dict[str, DatasetInfo] = {}
+
+
+def register_dataset(name: str, *, splits: tuple[str, ...] = ("train", "test"), shared_splits: bool | None = False,
+                     source_groups: str = "", bundled: bool = False) -> Callable[[DatasetLoader], DatasetLoader]:
+    """Decorator on a loader function: ``load_dataset(name, ...)`` calls it, and the facts are declared."""
+    def decorate(loader: DatasetLoader) -> DatasetLoader:
+        if name in DATASETS:
+            raise ValueError(f"dataset '{name}' is registered twice")
+        DATASETS[name] = DatasetInfo(name, loader, tuple(splits), shared_splits, source_groups, bundled)
+        return loader
+    return decorate
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """The declaration of dataset ``name`` (ConfigError listing the valid names)."""
+    _register_all()
+    if name not in DATASETS:
+        raise unknown_name("dataset", name, DATASETS)
+    return DATASETS[name]
+
+
+def splits_share_images(name: str, root: str | os.PathLike | None = None) -> bool:
+    """Whether the splits of dataset ``name`` (at ``root``) hold the same images."""
+    info = dataset_info(name)
+    if info.shared_splits is not None:
+        return info.shared_splits
+    folder = Path(root).expanduser() if root is not None else None
+    return folder is None or not all((folder / s).is_dir() for s in info.splits)
+
 
 DEFAULT_DATASET = "embedded"
-#: datasets that ship inside installed wheels: no folder to look in, nothing to download
-BUNDLED = frozenset({"embedded", "lfw"})
 
 
 def load_dataset(name: str, root: str | os.PathLike | None = None, split: str = "train",
@@ -52,13 +102,23 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, split: str = 
     ``image_size`` resizes every image to ``image_size`` x ``image_size`` (Pillow, antialiased bicubic), and
     ``download=True`` lets the on-disk datasets fetch their official files when they are not found.
     """
-    if name not in DATASETS:
-        raise unknown_name("dataset", name, DATASETS)
+    info = dataset_info(name)
     if not isinstance(split, str):
         raise ConfigError(f"split must be a string such as 'train' or 'test', got {split!r}")
-    if name in BUNDLED and (root is not None or download):
+    if info.bundled and (root is not None or download):
         what = "a data root (--data-root, data.root)" if root is not None else "download"
         raise ConfigError(f"dataset '{name}' ships inside the installed packages, so {what} does not apply to "
                           f"it; leave it out, or pick a dataset read from files (image-folder, fashion-mnist, cifar10)")
     check_size(image_size)
-    return DATASETS[name](root=root, split=split, image_size=image_size, download=download)
+    return info.loader(root=root, split=split, image_size=image_size, download=download)
+
+
+def _register_all() -> None:
+    """Import the loader modules (each registers itself)."""
+    from gradaudit.data import cifar, embedded, fashion_mnist, image_folder, lfw  # noqa: F401
+
+
+_register_all()
+
+__all__ = ["DATASETS", "DEFAULT_DATASET", "DatasetInfo", "DatasetLoader", "dataset_info", "load_dataset",
+           "register_dataset", "splits_share_images"]

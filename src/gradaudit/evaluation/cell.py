@@ -93,7 +93,8 @@ def prepare(config: RunConfig, *, trust_code: bool = False, allow_legacy: bool =
     indices = choose_indices(len(dataset), config.threat.batch_size, config.seed, config.data.indices)
     from ..attacks.priors import check_attack_held_out
 
-    check_attack_held_out(attack, dataset.name, indices, config.data.split)  # a prior must not know the batch
+    # a prior must not know the batch
+    check_attack_held_out(attack, dataset.name, indices, config.data.split, dataset.labels)
     spec = ModelSpec(config.model.name, dataset.num_classes, dataset.shape, dict(config.model.kwargs),
                      trust_code=trust_code)
     model = build_model(spec)  # fail early on a bad model name or kwargs

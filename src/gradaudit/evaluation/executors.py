@@ -74,7 +74,7 @@ def execute_cell(config: dict[str, Any], timeout_s: Optional[float] = None,
         torch.set_num_threads(int(threads))
     try:
         from ..config import RunConfig
-        from ..report.run_files import aligned_images, result_record
+        from .records import aligned_images, result_record
         from .cell import prepare, run_attack
 
         cfg = RunConfig.model_validate(config)

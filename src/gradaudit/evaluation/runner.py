@@ -23,7 +23,6 @@ again. A lock file keeps two runners off the same folder.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import time
 from collections import defaultdict
@@ -37,6 +36,7 @@ from .executors import CellExecutor, make_executor
 from .store import CellRow, ResultsStore
 from ..defenses.registry import defense_strength
 from .sweep import NO_DEFENSE, Cell, SweepConfig, load_sweep, parse_sweep, plan
+from ..checks import finite_or_none
 
 SWEEP_FILE = "sweep.yaml"
 CELLS_DIR = "cells"
@@ -174,10 +174,6 @@ def load_cell_images(run_dir: str | Path, key: str) -> dict[str, Any]:
     return load_file(str(images_path(Path(run_dir), key)))
 
 
-def _finite(v: Any) -> Optional[float]:
-    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
-
-
 def defense_columns(specs: list[str]) -> tuple[str, Optional[float]]:
     """The store's ``defense_family`` (spec names joined, ``none``) and ``defense_strength`` (declared strength
     of a single defense, None for a chain) of a cell's defenses."""
@@ -197,9 +193,9 @@ def _done_row(cell: Cell, outcome: dict[str, Any], attempts: int, errors: list[s
     family, strength = defense_columns(cell.config.defenses)
     return CellRow(key=cell.key, status="done", attack=cell.attack, defense=cell.defense,
                    batch_size=cell.batch_size, sample=cell.sample, seed=cell.seed, config=cell.config_dict(),
-                   defense_family=family, defense_strength=strength, psnr=_finite(scores.get("mean_psnr")), ssim=_finite(scores.get("mean_ssim")),
-                   mse=_finite(scores.get("mean_mse")), lpips=_finite(scores.get("mean_lpips")),
-                   label_acc=_finite(scores.get("label_accuracy")), seconds=float(outcome["seconds"]),
+                   defense_family=family, defense_strength=strength, psnr=finite_or_none(scores.get("mean_psnr")), ssim=finite_or_none(scores.get("mean_ssim")),
+                   mse=finite_or_none(scores.get("mean_mse")), lpips=finite_or_none(scores.get("mean_lpips")),
+                   label_acc=finite_or_none(scores.get("label_accuracy")), seconds=float(outcome["seconds"]),
                    attempts=attempts, images_path=rel, metrics=metrics)
 
 

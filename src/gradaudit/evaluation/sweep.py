@@ -41,7 +41,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -95,9 +95,27 @@ def _defense_list(index: int, entry: Any) -> list[str]:
     return out
 
 
-def defense_label(specs: list[str]) -> str:
-    """The canonical label of one defense combination: ``"none"`` or the describe() strings joined."""
-    return DEFENSE_JOIN.join(specs) if specs else NO_DEFENSE
+def spec_list(defense_specs: str | Sequence[str] | None) -> list[str]:
+    """A defense chain as a list of specs: a list as given, or a label split at its `` + ``; ``none`` and empty
+    entries dropped (ConfigError for anything that is not a string)."""
+    if defense_specs is None:
+        return []
+    if isinstance(defense_specs, str):
+        defense_specs = split_chain(defense_specs)
+    out = []
+    for s in defense_specs:
+        if not isinstance(s, str):
+            raise ConfigError(f"a defense is given as a 'name:strength' string, got {s!r}")
+        if s.strip().lower() not in ("", NO_DEFENSE):
+            out.append(s.strip())
+    return out
+
+
+def defense_label(specs: str | Sequence[str] | None) -> str:
+    """The canonical label of one defense chain: ``"none"``, or each defense's ``describe()`` joined by `` + ``
+    (any spelling of a spec gives the same label; invalid specs raise ConfigError)."""
+    canonical = [parse_defense(s).describe() for s in spec_list(specs)]
+    return DEFENSE_JOIN.join(canonical) if canonical else NO_DEFENSE
 
 
 def split_chain(label: str) -> list[str]:
@@ -365,7 +383,7 @@ def validate_cells(cells: list[Cell], *, trust_code: bool = False) -> None:
     """
     from ..attacks.registry import build_attack
     from ..data import load_dataset
-    from ..defenses.dpsgd import has_batchnorm
+    from ..models.layers import has_batchnorm
     from ..models.registry import ModelSpec, build_model
     from ..defenses.registry import defense_info
     from .cell import choose_indices, other_clients, resolve_device, split_defenses

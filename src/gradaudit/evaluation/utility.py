@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import ImageDataset, load_dataset
+from ..data.registry import splits_share_images
 from ..defenses.registry import parse_defense
 from ..errors import ConfigError, ObservationError
 from ..models.registry import ModelSpec, build_model
@@ -57,9 +58,9 @@ from ..threat.client import Client, ServerKnowledge, batchnorm_layers
 from ..threat.observation import DataSpec
 from .store import ResultsStore, UtilityRow
 # the labels the sweep writes into ``cells.defense``: utility rows use the same ones, so that they join
-from .sweep import NO_DEFENSE
-from .sweep import defense_label as chain_label
-from .sweep import split_chain
+from .sweep import defense_label
+from .sweep import spec_list as _as_spec_list
+from ..checks import finite_or_none
 
 #: Defaults, sized so that one embedded-set LeNet run takes a few seconds on 2 CPU cores.
 DEFAULT_CLIENTS = 4
@@ -93,30 +94,6 @@ class UtilityResult:
     @property
     def initial_train_loss(self) -> float:
         return self.curve[0][1]
-
-
-def defense_label(defense_specs: str | Sequence[str] | None) -> str:
-    """The canonical name of a defense chain: each transform's ``describe()`` joined by " + "; "none" if empty.
-
-    ``"none"`` (alone or inside a list) means no transform. Invalid specs raise ConfigError.
-    """
-    specs = _as_spec_list(defense_specs)
-    return chain_label([parse_defense(s).describe() for s in specs])
-
-
-def _as_spec_list(defense_specs: str | Sequence[str] | None) -> list[str]:
-    if defense_specs is None:
-        return []
-    if isinstance(defense_specs, str):
-        defense_specs = split_chain(defense_specs)
-    out = []
-    for s in defense_specs:
-        if not isinstance(s, str):
-            raise ConfigError(f"a defense is given as a 'name:strength' string, got {s!r}")
-        if s.strip().lower() in ("", NO_DEFENSE):
-            continue
-        out.append(s.strip())
-    return out
 
 
 # ------------------------------------------------------------------------------------------------- the data
@@ -156,8 +133,7 @@ def load_splits(dataset: str = "embedded", data_root: str | None = None, train_s
     train = load_dataset(dataset, root=data_root, split="train")
     test = load_dataset(dataset, root=data_root, split="test")
     g = torch.Generator().manual_seed(SPLIT_SEED)
-    same = len(train) == len(test) and torch.equal(train.labels, test.labels) and torch.equal(train.images,
-                                                                                              test.images)
+    same = splits_share_images(dataset, data_root)
     if same:  # an evaluation set without a test split: hold out a stratified share of every class
         held, kept = _stratified_pick(train.labels, HOLDOUT_FRACTION, None, g)
         train, test = train.subset(kept), train.subset(held)
@@ -244,7 +220,7 @@ def utility_config(defense_specs: str | Sequence[str] | None, dataset: str = "em
     """The full, JSON-ready description of a utility run (what its key is a hash of)."""
     specs = _as_spec_list(defense_specs)
     transforms = [parse_defense(s) for s in specs]
-    return {"defense": chain_label([t.describe() for t in transforms]),
+    return {"defense": defense_label([t.describe() for t in transforms]),
             "defenses": [t.describe() for t in transforms], "dataset": dataset, "model": model,
             "model_kwargs": dict(model_kwargs or {}), "clients": clients, "rounds": rounds,
             "batch_size": batch_size, "lr": lr, "protocol": protocol,
@@ -410,14 +386,10 @@ def _measure(defense_specs, dataset, model, model_kwargs, clients, rounds, batch
 # ------------------------------------------------------------------------------------------- the store
 def utility_row(key: str, result: UtilityResult) -> UtilityRow:
     cfg = dict(result.config)
-    cfg["curve"] = [[int(r), _finite(l)] for r, l in result.curve]
+    cfg["curve"] = [[int(r), finite_or_none(l)] for r, l in result.curve]
     return UtilityRow(key=key, defense=result.defense, dataset=cfg["dataset"], model=cfg["model"],
-                      final_train_loss=_finite(result.final_train_loss), test_accuracy=_finite(result.test_accuracy),
+                      final_train_loss=finite_or_none(result.final_train_loss), test_accuracy=finite_or_none(result.test_accuracy),
                       seconds=result.seconds, config=cfg)
-
-
-def _finite(v: float) -> float | None:
-    return float(v) if v is not None and math.isfinite(v) else None
 
 
 def store_utility(store: ResultsStore, defenses: Iterable[str | Sequence[str] | None], *,

@@ -5,7 +5,7 @@
   results store (:class:`~.audit.AuditStore`).
 * :mod:`.flower` - :class:`~.flower.AuditingStrategy`, a wrapper around any Flower strategy (needs ``flwr``).
 * :mod:`.opacus` - :class:`~.opacus.OpacusClient`, a client whose DP-SGD runs in Opacus (needs ``opacus``).
-* :mod:`.audit_report` - the per-round leakage table and a self-contained HTML page.
+* the per-round leakage table and its HTML page: :mod:`gradaudit.report.audit`.
 
 ``flwr`` and ``opacus`` are optional (``pip install 'gradaudit[integrations]'``); importing this package never
 imports them.

@@ -31,7 +31,6 @@ never stops the federated run.
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import time
@@ -42,13 +41,14 @@ from typing import Any, Callable, Collection, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
-from torch import nn
 
-from ..errors import ConfigError, ObservationError
+from ..errors import ConfigError
 from ..evaluation.store import ResultsStore, _now
 from ..models.registry import ModelSpec, build_model
-from ..report.run_files import json_ready
+from ..threat.capture import local_update_observation, name_weights  # noqa: F401 - re-exported
+from ..evaluation.records import json_ready
 from ..threat.observation import DataSpec, Observation
+from ..checks import finite_or_none
 
 #: ``ground_truth(client_id, round) -> (images [B, C, H, W] in [0, 1], labels [B])``, or None when unknown.
 GroundTruth = Callable[[str, int], Optional[tuple[torch.Tensor, torch.Tensor]]]
@@ -151,45 +151,6 @@ class AuditStore(ResultsStore):
 
 
 # ------------------------------------------------------------------------------------------- capture
-def name_weights(model: nn.Module, arrays: Sequence[Any]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Name a list of weight arrays after ``model``: (parameters, buffers).
-
-    ``arrays`` is in ``model.state_dict()`` order (parameters and buffers, the usual Flower convention) or in
-    ``model.named_parameters()`` order (parameters only). Shapes must match; anything else is refused.
-    """
-    tensors = [torch.as_tensor(np.asarray(a)).detach().clone() for a in arrays]
-    param_names = [n for n, _ in model.named_parameters()]
-    state = model.state_dict()
-    for order_name, names in (("state_dict()", list(state)), ("named_parameters()", param_names)):
-        if len(tensors) != len(names):
-            continue
-        mismatch = [(n, tuple(t.shape), tuple(state[n].shape)) for n, t in zip(names, tensors)
-                    if tuple(t.shape) != tuple(state[n].shape)]
-        if mismatch:
-            n, got, want = mismatch[0]
-            raise ObservationError(f"weight '{n}' (in {order_name} order) has shape {got}, the model expects {want}")
-        named = dict(zip(names, tensors))
-        params = {n: named[n].to(state[n].dtype) for n in param_names}
-        buffers = {n: t for n, t in named.items() if n not in params}
-        return params, buffers
-    raise ObservationError(f"got {len(tensors)} weight arrays; the model has {len(state)} state_dict() entries "
-                           f"and {len(param_names)} parameters (send the weights in one of those orders)")
-
-
-def local_update_observation(spec: ModelSpec, data: DataSpec, broadcast: Sequence[Any], returned: Sequence[Any],
-                             *, batch_size: int, local_steps: int, local_lr: float,
-                             model: nn.Module | None = None, defenses: Sequence[str] = (),
-                             extras: dict[str, Any] | None = None) -> Observation:
-    """The Observation of one FedAvg client: theta_0 (``broadcast``) and update theta_0 - theta_K (``returned``)."""
-    model = model if model is not None else build_model(spec)
-    theta0, buffers = name_weights(model, broadcast)
-    theta_k, _ = name_weights(model, returned)
-    update = {k: theta0[k] - theta_k[k] for k in theta0}
-    return Observation(model=spec, parameters=theta0, update=update, batch_size=int(batch_size), data=data,
-                       buffers=buffers, update_kind="local_update", local_steps=int(local_steps),
-                       local_lr=float(local_lr), labels=None, defenses=list(defenses), extras=dict(extras or {}))
-
-
 # ------------------------------------------------------------------------------------------------ audit
 @dataclass(frozen=True)
 class ProxySettings:
@@ -200,14 +161,6 @@ class ProxySettings:
     method: str = "lanczos"
     maxiter: int = 30
     tol: float = 1e-3
-
-
-def _finite(v: Any) -> Optional[float]:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
 
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -305,13 +258,13 @@ class Auditor:
         row = AuditRow(key=key, run=self.run, source=self.source, round=int(server_round), client=client,
                        status="failed", attack=self.attack_name or "none", config=self.config(),
                        metrics={"client_metrics": dict(client_metrics or {})})
-        row.epsilon = _finite((client_metrics or {}).get("dp_epsilon"))
+        row.epsilon = finite_or_none((client_metrics or {}).get("dp_epsilon"))
         try:
             obs = observe()
             row.batch_size, row.local_steps, row.local_lr = obs.batch_size, obs.local_steps, obs.local_lr
             row.update_norm = float(torch.sqrt(sum(u.double().pow(2).sum() for u in obs.update.values())))
             if row.epsilon is None:
-                row.epsilon = _finite(obs.extras.get("dp_epsilon"))
+                row.epsilon = finite_or_none(obs.extras.get("dp_epsilon"))
             self._audit(row, obs, server_round, client)
             row.status = "done"
         except Exception as e:  # noqa: BLE001 - an audit error is data, it never stops the federated run
@@ -324,7 +277,7 @@ class Auditor:
 
     def _audit(self, row: AuditRow, obs: Observation, server_round: int, client: str) -> None:
         from ..metrics import score_reconstruction
-        from ..report.run_files import reconstruction_record
+        from ..evaluation.records import reconstruction_record
 
         truth = self.ground_truth(client, server_round) if self.ground_truth is not None else None
         images = labels = None
@@ -344,8 +297,8 @@ class Auditor:
             row.metrics["reconstruction"] = reconstruction_record(rec)
             if images is not None:
                 scores = score_reconstruction(rec.images, images, true_labels=labels, predicted_labels=rec.labels)
-                row.psnr, row.ssim = _finite(scores.mean_psnr), _finite(scores.mean_ssim)
-                row.mse, row.label_acc = _finite(scores.mean_mse), _finite(scores.label_accuracy)
+                row.psnr, row.ssim = finite_or_none(scores.mean_psnr), finite_or_none(scores.mean_ssim)
+                row.mse, row.label_acc = finite_or_none(scores.mean_mse), finite_or_none(scores.label_accuracy)
                 row.metrics["scores"] = scores.to_dict()
                 aligned = rec.images[torch.as_tensor(scores.assignment)]
                 row.images_path = self._write_images(row.key, images, aligned, labels)

@@ -7,7 +7,7 @@ records the weights each client was sent; when the replies arrive it first lets 
 aggregate (inputs and result passed through untouched, so training is identical with and without the
 wrapper), then captures every selected client's update as an Observation
 
-    update = theta_0 - theta_K   (FedAvg; :func:`gradaudit.integrations.audit.local_update_observation`)
+    update = theta_0 - theta_K   (FedAvg; :func:`gradaudit.threat.capture.local_update_observation`)
 
 and hands it to an :class:`~gradaudit.integrations.audit.Auditor` (attack and/or vulnerability proxy, scores
 against an optional ``ground_truth`` hook, one row per client and round in the results store).

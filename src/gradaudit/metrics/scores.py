@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,20 +9,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from gradaudit.checks import finite_or_none
 from gradaudit.metrics.assignment import match_to_truth
 from gradaudit.metrics.image import _check_pair, batch_psnr, mse, psnr, ssim
 from gradaudit.metrics.labels import label_accuracy as _label_accuracy
 from gradaudit.metrics.lpips import LPIPSMetric
 
 LPIPS_NOT_REQUESTED = "not computed: no LPIPSMetric given"
-
-
-def _finite_or_none(v: Any) -> Any:
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, list):
-        return [_finite_or_none(u) for u in v]
-    return v
 
 
 def _mean(values: list[float] | None) -> float | None:
@@ -75,7 +67,7 @@ class ReconstructionScores:
         out: dict[str, Any] = {}
         for key in keys:
             value = getattr(self, key)
-            out[key] = _finite_or_none(list(value) if isinstance(value, list) else value)
+            out[key] = finite_or_none(list(value) if isinstance(value, list) else value)
         return out
 
 

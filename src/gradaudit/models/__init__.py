@@ -1,9 +1,11 @@
 """Victim architectures: DLG's LeNet, a small ConvNet, CIFAR ResNet-18, a two-layer MLP, and user factories."""
 
-from .convnet import ConvNet
+from .registry import MODELS, ModelSpec, build_model, register_model  # noqa: I001 - the registry first
+# each architecture registers itself (register_model) where it is defined; this order is the listing order
 from .lenet import LeNet
-from .mlp import TwoLayerMLP
-from .registry import MODELS, ModelSpec, build_model
+from .convnet import ConvNet
 from .resnet import ResNet18
+from .mlp import TwoLayerMLP
+from .malicious import ImprintedModel, WideFeatureModel
 
-__all__ = ["MODELS", "ModelSpec", "build_model", "LeNet", "ConvNet", "ResNet18", "TwoLayerMLP"]
+__all__ = ["MODELS", "ModelSpec", "build_model", "register_model", "ImprintedModel", "WideFeatureModel", "LeNet", "ConvNet", "ResNet18", "TwoLayerMLP"]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from .registry import register_model
+
 
 def _block(cin: int, cout: int, norm: str) -> list[nn.Module]:
     layers: list[nn.Module] = [nn.Conv2d(cin, cout, 3, padding=1, bias=norm == "none")]
@@ -20,6 +22,7 @@ def _block(cin: int, cout: int, norm: str) -> list[nn.Module]:
     return layers
 
 
+@register_model("convnet")
 class ConvNet(nn.Module):
     def __init__(self, num_classes: int = 10, input_shape: tuple[int, int, int] = (3, 32, 32),
                  width: int = 32, norm: str = "bn") -> None:

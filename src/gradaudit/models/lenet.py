@@ -11,7 +11,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .registry import register_model
 
+
+@register_model("lenet")
 class LeNet(nn.Module):
     def __init__(self, num_classes: int = 10, input_shape: tuple[int, int, int] = (3, 32, 32),
                  width: int = 12, init: str = "dlg") -> None:

@@ -52,6 +52,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from .registry import MODELS, ModelSpec, build_model, register_model
 
 MEASUREMENTS = ("mean-brightness", "random-linear")
 #: default std of the measurement's prior (normalised inputs), per measurement; see the module docstring
@@ -83,6 +84,7 @@ def measurement_prior(public_images: torch.Tensor, measurement: str = "mean-brig
     return float(h.mean()), float(h.std()) if h.numel() > 1 else 1.0
 
 
+@register_model("imprint")
 class ImprintedModel(nn.Module):
     """A base network behind Robbing the Fed's imprint block (see the module docstring).
 
@@ -105,7 +107,6 @@ class ImprintedModel(nn.Module):
                  prior_mean: float = 0.0, prior_std: float | None = None, gain: float = 1e-2, seed: int = 0,
                  base_kwargs: dict[str, Any] | None = None) -> None:
         super().__init__()
-        from .registry import MODELS, ModelSpec, build_model  # late: the registry imports this module
 
         if base == "imprint" or base not in MODELS:
             choices = sorted(k for k in MODELS if k != "imprint")
@@ -149,6 +150,7 @@ def wide_layout(width: int, trained_fraction: float) -> tuple[int, int]:
     return int(round(float(trained_fraction) * int(width))), int(width)
 
 
+@register_model("wide-head")
 class WideFeatureModel(nn.Module):
     """A backbone whose classifier is preceded by a wide linear layer of partly random Gaussian neurons.
 
@@ -207,7 +209,6 @@ class WideFeatureModel(nn.Module):
                  random_std: float = 1.0, head_scale: float = 1.0, seed: int = 0,
                  backbone_kwargs: dict[str, Any] | None = None, centre_on_public: bool = False) -> None:
         super().__init__()
-        from .registry import ModelSpec, build_model  # late: the registry imports this module
 
         if backbone not in WIDE_BACKBONES:
             raise ConfigError(f"wide-head backbone must be one of {', '.join(WIDE_BACKBONES)}, got '{backbone}'")

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from torch import nn
 
+from .registry import register_model
 
+
+@register_model("mlp")
 class TwoLayerMLP(nn.Module):
     def __init__(self, num_classes: int = 10, input_shape: tuple[int, int, int] = (3, 32, 32),
                  width: int = 256) -> None:

@@ -18,20 +18,19 @@ from torch import nn
 
 from ..errors import ConfigError, unknown_name
 from ..trust import is_code_reference, load_code_reference, trusting_code
-from .convnet import ConvNet
-from .lenet import LeNet
-from .malicious import ImprintedModel, WideFeatureModel
-from .mlp import TwoLayerMLP
-from .resnet import ResNet18
+#: name -> architecture, filled by :func:`register_model` where each architecture is defined (the modules are
+#: imported by :mod:`gradaudit.models`)
+MODELS: dict[str, Callable[..., nn.Module]] = {}
 
-MODELS: dict[str, Callable[..., nn.Module]] = {
-    "lenet": LeNet,
-    "convnet": ConvNet,
-    "resnet18": ResNet18,
-    "mlp": TwoLayerMLP,
-    "imprint": ImprintedModel,  # malicious server: Robbing the Fed (models/malicious.py)
-    "wide-head": WideFeatureModel,  # malicious server: the tensor method's wide layer (models/malicious.py)
-}
+
+def register_model(name: str):
+    """Class (or factory) decorator: build it for ``ModelSpec(name, ...)``."""
+    def decorate(factory):
+        if name in MODELS:
+            raise ValueError(f"model '{name}' is registered twice")
+        MODELS[name] = factory
+        return factory
+    return decorate
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from .registry import register_model
+
 
 class BasicBlock(nn.Module):
     expansion = 1
@@ -30,6 +32,7 @@ class BasicBlock(nn.Module):
         return self.relu(out + self.shortcut(x))
 
 
+@register_model("resnet18")
 class ResNet18(nn.Module):
     def __init__(self, num_classes: int = 10, input_shape: tuple[int, int, int] = (3, 32, 32),
                  width: int = 64) -> None:

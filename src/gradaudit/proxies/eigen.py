@@ -205,53 +205,24 @@ def lanczos(op, which: Literal["LA", "SA", "both"] = "both", *, dim: int | None 
     with c = J^T g* / ||g*|| (see :mod:`gradaudit.proxies.lavp`). With ``variants`` the result per operator is
     {name: {side: EigenResult}} and an operator stops when every member has converged.
     """
-    if which not in ("LA", "SA", "both"):
-        raise ConfigError(f"which must be 'LA', 'SA' or 'both', got '{which}'")
-    if maxiter < 1 or tol < 0 or atol < 0:
-        raise ConfigError("lanczos needs maxiter >= 1, tol >= 0 and atol >= 0")
-    if criterion not in ("residual", "gap"):
-        raise ConfigError(f"criterion must be 'residual' or 'gap', got '{criterion}'")
+    _check_lanczos(which, maxiter, tol, atol, criterion, variants)
     op, _ = _as_batched(op, dim)
     n, D = int(op.n), int(op.dim)
     sides = ("LA", "SA") if which == "both" else (which,)
     family = variants is not None
-    if family and not variants:
-        raise ConfigError("variants must name at least one operator")
-    members = {}
-    for name, spec in (variants or {"": (1.0, 0.0)}).items():
-        if len(spec) != 2:
-            raise ConfigError(f"variant '{name}' must be (scale, downdate), got {spec!r}")
-        members[name] = tuple(torch.as_tensor(v, dtype=torch.float64, device="cpu").reshape(-1).expand(n).clone()
-                              for v in spec)
+    members = _variant_members(variants, n)
     m = min(maxiter, D)
     Q = torch.zeros(n, m + 1, D, dtype=torch.float64)
     alpha = torch.zeros(n, m, dtype=torch.float64)
     beta = torch.zeros(n, m, dtype=torch.float64)
-    if start is None:
-        Q[:, 0] = _start(n, D, seed)
-    else:
-        start = torch.as_tensor(start, dtype=torch.float64, device="cpu").reshape(n, D)
-        norms = start.norm(dim=1, keepdim=True)
-        if not bool((norms > 0).all()) or not bool(torch.isfinite(start).all()):
-            raise ConfigError("lanczos start vectors must be finite and non-zero")
-        Q[:, 0] = start / norms
+    Q[:, 0] = _start(n, D, seed) if start is None else _normalised_start(start, n, D)
     done = torch.zeros(n, dtype=torch.bool)
     out: list[dict] = [{} for _ in range(n)]
     for j in range(m):
         rows = torch.nonzero(~done).flatten()
         if rows.numel() == 0:
             break
-        q = Q[rows, j]
-        w = _apply(op, q, rows)
-        a = (q * w).sum(1)
-        w = w - a[:, None] * q
-        if j > 0:
-            w = w - beta[rows, j - 1][:, None] * Q[rows, j - 1]
-        basis = Q[rows, : j + 1]
-        for _ in range(2):  # full re-orthogonalisation (twice is enough)
-            w = w - torch.einsum("nkd,nk->nd", basis, torch.einsum("nkd,nd->nk", basis, w))
-        b = w.norm(dim=1)
-        alpha[rows, j], beta[rows, j] = a, b
+        w, b = _lanczos_step(op, Q, alpha, beta, rows, j)
         k = j + 1
         T = torch.diag_embed(alpha[rows, :k])
         if k > 1:
@@ -259,38 +230,95 @@ def lanczos(op, which: Literal["LA", "SA", "both"] = "both", *, dim: int | None 
             T = T + off + off.transpose(1, 2)
         scale_T = torch.linalg.eigvalsh(T).abs().max(1).values
         exhausted = b <= 1e-12 * scale_T.clamp_min(1e-300) + 1e-300
-        ritz, ok = {}, {}
-        for name, (scale, down) in members.items():
-            Tm = T.clone()
-            Tm[:, 0, 0] -= down[rows]
-            theta, S = torch.linalg.eigh(Tm)
-            sc = scale[rows][:, None]
-            theta, res = sc * theta, (sc * b[:, None] * S[:, -1, :]).abs()
-            if bool((sc < 0).any()):  # a negative scale reverses the order of the Ritz values
-                theta, res = torch.where(sc < 0, theta.flip(1), theta), torch.where(sc < 0, res.flip(1), res)
-            ritz[name] = (theta, res)
-            for side in sides:
-                i = -1 if side == "LA" else 0
-                err = res[:, i]
-                if criterion == "gap" and k > 1:
-                    nxt = -2 if side == "LA" else 1
-                    gap = (theta[:, i] - theta[:, nxt]).abs() - res[:, nxt]
-                    err = torch.where(gap > 0, torch.minimum(err, err ** 2 / gap.clamp_min(1e-300)), err)
-                ok[name, side] = (err <= torch.clamp(tol * theta[:, i].abs(), min=atol)) | exhausted
+        ritz, ok = _ritz_check(T, b, members, rows, sides, criterion, tol, atol, exhausted)
         finished = torch.stack(list(ok.values())).all(0) | exhausted | (k == m)
         for r_i, row in enumerate(rows.tolist()):
-            if not bool(finished[r_i]):
-                continue
-            done[row] = True
-            for name, (theta, res) in ritz.items():
-                slot = out[row].setdefault(name, {}) if family else out[row]
-                for side in sides:
-                    i = -1 if side == "LA" else 0
-                    slot[side] = EigenResult(float(theta[r_i, i]), k, bool(ok[name, side][r_i]),
-                                             float(res[r_i, i]), "lanczos", side)
+            if bool(finished[r_i]):
+                done[row] = True
+                _record(out[row], ritz, ok, r_i, k, sides, family)
         live = ~finished & (b > 0)
         Q[rows[live], j + 1] = w[live] / b[live][:, None]
     return out
+
+
+def _check_lanczos(which, maxiter: int, tol: float, atol: float, criterion: str, variants) -> None:
+    if which not in ("LA", "SA", "both"):
+        raise ConfigError(f"which must be 'LA', 'SA' or 'both', got '{which}'")
+    if maxiter < 1 or tol < 0 or atol < 0:
+        raise ConfigError("lanczos needs maxiter >= 1, tol >= 0 and atol >= 0")
+    if criterion not in ("residual", "gap"):
+        raise ConfigError(f"criterion must be 'residual' or 'gap', got '{criterion}'")
+    if variants is not None and not variants:
+        raise ConfigError("variants must name at least one operator")
+
+
+def _variant_members(variants, n: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """name -> (scale [n], downdate [n]) in float64 on the CPU; one plain member "" without variants."""
+    members = {}
+    for name, spec in (variants or {"": (1.0, 0.0)}).items():
+        if len(spec) != 2:
+            raise ConfigError(f"variant '{name}' must be (scale, downdate), got {spec!r}")
+        members[name] = tuple(torch.as_tensor(v, dtype=torch.float64, device="cpu").reshape(-1).expand(n).clone()
+                              for v in spec)
+    return members
+
+
+def _normalised_start(start, n: int, D: int) -> torch.Tensor:
+    start = torch.as_tensor(start, dtype=torch.float64, device="cpu").reshape(n, D)
+    norms = start.norm(dim=1, keepdim=True)
+    if not bool((norms > 0).all()) or not bool(torch.isfinite(start).all()):
+        raise ConfigError("lanczos start vectors must be finite and non-zero")
+    return start / norms
+
+
+def _lanczos_step(op, Q, alpha, beta, rows, j: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One Lanczos step for the live ``rows``: alpha_j, beta_j (stored) and the next, unnormalised vector."""
+    q = Q[rows, j]
+    w = _apply(op, q, rows)
+    a = (q * w).sum(1)
+    w = w - a[:, None] * q
+    if j > 0:
+        w = w - beta[rows, j - 1][:, None] * Q[rows, j - 1]
+    basis = Q[rows, : j + 1]
+    for _ in range(2):  # full re-orthogonalisation (twice is enough)
+        w = w - torch.einsum("nkd,nk->nd", basis, torch.einsum("nkd,nd->nk", basis, w))
+    b = w.norm(dim=1)
+    alpha[rows, j], beta[rows, j] = a, b
+    return w, b
+
+
+def _ritz_check(T, b, members, rows, sides, criterion: str, tol: float, atol: float, exhausted):
+    """Every member's Ritz values and residuals from the Lanczos matrix T, and whether each end converged."""
+    k = T.shape[-1]
+    ritz, ok = {}, {}
+    for name, (scale, down) in members.items():
+        Tm = T.clone()
+        Tm[:, 0, 0] -= down[rows]
+        theta, S = torch.linalg.eigh(Tm)
+        sc = scale[rows][:, None]
+        theta, res = sc * theta, (sc * b[:, None] * S[:, -1, :]).abs()
+        if bool((sc < 0).any()):  # a negative scale reverses the order of the Ritz values
+            theta, res = torch.where(sc < 0, theta.flip(1), theta), torch.where(sc < 0, res.flip(1), res)
+        ritz[name] = (theta, res)
+        for side in sides:
+            i = -1 if side == "LA" else 0
+            err = res[:, i]
+            if criterion == "gap" and k > 1:
+                nxt = -2 if side == "LA" else 1
+                gap = (theta[:, i] - theta[:, nxt]).abs() - res[:, nxt]
+                err = torch.where(gap > 0, torch.minimum(err, err ** 2 / gap.clamp_min(1e-300)), err)
+            ok[name, side] = (err <= torch.clamp(tol * theta[:, i].abs(), min=atol)) | exhausted
+    return ritz, ok
+
+
+def _record(slot_root: dict, ritz, ok, r_i: int, k: int, sides, family: bool) -> None:
+    """A finished operator's EigenResults (per member with ``variants``)."""
+    for name, (theta, res) in ritz.items():
+        slot = slot_root.setdefault(name, {}) if family else slot_root
+        for side in sides:
+            i = -1 if side == "LA" else 0
+            slot[side] = EigenResult(float(theta[r_i, i]), k, bool(ok[name, side][r_i]), float(res[r_i, i]),
+                                     "lanczos", side)
 
 
 # --------------------------------------------------------------------------- power iteration

@@ -295,27 +295,11 @@ def compute_proxies(source, images: torch.Tensor, labels=None, *, observations: 
     if images.dim() == 3:
         images = images.unsqueeze(0)
     n = images.shape[0]
-    # labels
-    label_sources: list[str]
-    if labels is None:
-        if observations is None and isinstance(source, Observation) and source.batch_size == 1 and n == 1:
-            observations = [source]
-        if observations is None:
-            raise ConfigError("labels are needed: pass labels=, or observations= (one B=1 Observation per image, "
-                              "from which labels are read or iDLG-recovered)")
-        if len(observations) != n:
-            raise ConfigError(f"{len(observations)} observations given for {n} images")
-        labels, label_sources = recover_sample_labels(observations)
-    else:
-        labels = torch.as_tensor(labels).to(torch.int64).reshape(-1)
-        label_sources = ["given"] * n
-    if labels.numel() != n:
-        raise ConfigError(f"{labels.numel()} labels given for {n} images")
+    labels, label_sources = _sample_labels(source, labels, observations, n)
     ids = list(range(n)) if indices is None else [int(i) for i in indices]
     if len(ids) != n:
         raise ConfigError(f"{len(ids)} indices given for {n} images")
-    # inputs in normalised space
-    if not normalized:
+    if not normalized:  # inputs in normalised space
         norm = _normaliser(source, data)
         if norm is None:
             raise ConfigError("images are taken in [0, 1] pixel space: pass data= (a DataSpec, dataset or "
@@ -325,9 +309,7 @@ def compute_proxies(source, images: torch.Tensor, labels=None, *, observations: 
     gmap = GradientMap.from_source(source, bn_mode=bn_mode, dtype=dtype, device=device, input_shape=shape)
     if shape != gmap.input_shape:
         raise ConfigError(f"images have shape {shape}, the model expects {gmap.input_shape}")
-    xs = images.to(gmap.device, gmap.dtype)
-    ys = labels.to(gmap.device)
-
+    xs, ys = images.to(gmap.device, gmap.dtype), labels.to(gmap.device)
     t_start = time.perf_counter()
     rows: list[dict] = []
     # Without vmap the samples of a batch share no work, and each holds a second-order graph: solve them one
@@ -340,18 +322,8 @@ def compute_proxies(source, images: torch.Tensor, labels=None, *, observations: 
                                        vectorize, seed, criterion, part)
         per = (time.perf_counter() - t0) / len(part)
         for k, i in enumerate(part):
-            row = {"index": ids[i], "label": int(labels[i]), "label_source": label_sources[i],
-                   "grad_norm": float(gnorms[k])}
-            for loss in losses:
-                for w in which:
-                    r: EigenResult = results[k][loss][w]
-                    key = f"{loss}_{w}"
-                    row[key] = r.value
-                    row[f"{key}_converged"] = r.converged
-                    row[f"{key}_iterations"] = r.iterations
-                    row[f"{key}_residual"] = r.residual
-            row["seconds"] = per
-            rows.append(row)
+            rows.append(_proxy_row(ids[i], int(labels[i]), label_sources[i], float(gnorms[k]), results[k],
+                                   losses, which, per))
         if progress is not None:
             progress(len(rows), n)
     _add_fusion(rows, losses, which)
@@ -362,6 +334,39 @@ def compute_proxies(source, images: torch.Tensor, labels=None, *, observations: 
                       "ranks within this table, rank 1 = smallest (fused_rank_*)",
             "seconds": time.perf_counter() - t_start, "seed": seed, "vectorize": vectorize}
     return ProxyTable(rows, meta)
+
+
+def _sample_labels(source, labels, observations, n: int) -> tuple[torch.Tensor, list[str]]:
+    """The labels of the n samples and where each came from ("given", or read / recovered from observations)."""
+    if labels is None:
+        if observations is None and isinstance(source, Observation) and source.batch_size == 1 and n == 1:
+            observations = [source]
+        if observations is None:
+            raise ConfigError("labels are needed: pass labels=, or observations= (one B=1 Observation per image, "
+                              "from which labels are read or iDLG-recovered)")
+        if len(observations) != n:
+            raise ConfigError(f"{len(observations)} observations given for {n} images")
+        labels, sources = recover_sample_labels(observations)
+    else:
+        labels = torch.as_tensor(labels).to(torch.int64).reshape(-1)
+        sources = ["given"] * n
+    if labels.numel() != n:
+        raise ConfigError(f"{labels.numel()} labels given for {n} images")
+    return labels, sources
+
+
+def _proxy_row(index: int, label: int, source: str, gnorm: float, results: dict, losses, which,
+               seconds: float) -> dict:
+    """One sample's row: its proxies with convergence, products used and residual."""
+    row = {"index": index, "label": label, "label_source": source, "grad_norm": gnorm}
+    for loss in losses:
+        for w in which:
+            r: EigenResult = results[loss][w]
+            key = f"{loss}_{w}"
+            row.update({key: r.value, f"{key}_converged": r.converged, f"{key}_iterations": r.iterations,
+                        f"{key}_residual": r.residual})
+    row["seconds"] = seconds
+    return row
 
 
 def _solve_chunk(gmap: GradientMap, xs, ys, losses, which, method, tol, maxiter, vectorize, seed, criterion,

@@ -27,7 +27,7 @@ from ..evaluation.analysis import (POINT_COLUMNS, STRONGEST_COLUMNS, UTILITY_COL
                                    privacy_utility_points, strongest_attack_table, utility_losses, write_tables)
 from ..checks import check_existing_run_dir, check_output_dir, check_output_files
 from ..evaluation.store import ResultsStore
-from .grid import save_reconstruction_grid
+from ..data.image_grid import save_reconstruction_grid
 from .plots import X_LABEL, Y_LABEL, privacy_utility_plot, strongest_attack_plot, utility_curves_plot
 
 REPORT_NAME = "report.html"
@@ -129,129 +129,133 @@ def write_report(run_dir: str | Path, metric: str = "psnr") -> Path:
     run_dir = check_existing_run_dir(run_dir)
     check_output_dir(run_dir / ASSETS_DIR, "the report folder")
     check_output_files(run_dir, ["report.html"])
-    assets = run_dir / ASSETS_DIR
+    assets = _fresh_assets(run_dir / ASSETS_DIR)
+    with ResultsStore(run_dir) as store:
+        cells = list(store.cells(status=None))
+        table = strongest_attack_table(store, metric)
+        data = {"cells": cells, "table": table, "points": privacy_utility_points(store, metric, table=table),
+                "urows": store.utility(), "util": utility_losses(store), "best": best_reconstructions(store),
+                "tables": write_tables(store, assets, metric)}
+    plots = {"pu": privacy_utility_plot(data["points"], assets / "privacy_utility"),
+             "sa": strongest_attack_plot(table, assets / "strongest_attack"),
+             "curves": utility_curves_plot(data["urows"], assets / "utility_curves")}
+    title = f"gradaudit report: {run_dir.resolve().name}"
+    parts = _head(title, run_dir)
+    parts += _summary_section(cells, data["urows"])
+    parts += _strongest_section(table, metric, plots["sa"])
+    parts += _privacy_section(run_dir, data, plots)
+    parts += _grids_section(data["best"], run_dir, assets)
+    parts += _failures_section([c for c in cells if c.status == "failed"])
+    files = list(data["tables"].values()) + [p for d in plots.values() if d for p in d.values()]
+    parts.append("<h2>Files</h2><ul>" + "".join(f"<li><code>{_e(p.relative_to(run_dir))}</code></li>"
+                                                for p in files) + "</ul>")
+    parts.append("</body></html>\n")
+    out = run_dir / REPORT_NAME
+    tmp = out.with_suffix(".html.tmp")
+    tmp.write_text("\n".join(parts), encoding="utf-8")
+    tmp.replace(out)
+    return out
+
+
+def _fresh_assets(assets: Path) -> Path:
+    """The report's asset folder, with the files an earlier report wrote removed (they are all rewritten)."""
     (assets / "grids").mkdir(parents=True, exist_ok=True)
     stale = list((assets / "grids").glob("best_*.png"))
     stale += [assets / f"{stem}.{ext}" for stem in ("privacy_utility", "strongest_attack", "utility_curves")
               for ext in ("png", "svg")]
     for old in stale:
         old.unlink(missing_ok=True)
-    with ResultsStore(run_dir) as store:
-        done, failed = store.count("done"), store.count("failed")
-        cells = list(store.cells(status=None))
-        failed_cells = [c for c in cells if c.status == "failed"]
-        table = strongest_attack_table(store, metric)
-        points = privacy_utility_points(store, metric, table=table)
-        urows = store.utility()
-        util = utility_losses(store)
-        best = best_reconstructions(store)
-        tables = write_tables(store, assets, metric)
-    pu_plot = privacy_utility_plot(points, assets / "privacy_utility")
-    sa_plot = strongest_attack_plot(table, assets / "strongest_attack")
-    curves = utility_curves_plot(urows, assets / "utility_curves")
+    return assets
 
-    parts: list[str] = []
-    add = parts.append
-    title = f"gradaudit report: {run_dir.resolve().name}"
-    add("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">")
-    add(f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">')
-    add('<meta name="viewport" content="width=device-width, initial-scale=1">')
-    add(f"<title>{_e(title)}</title><style>{_STYLE}</style><script>{_SCRIPT}</script></head><body>")
-    add(f"<h1>{_e(title)}</h1>")
-    add(f'<p class="meta">Run folder <code>{_e(run_dir.resolve())}</code>, generated '
-        f'{_e(time.strftime("%Y-%m-%d %H:%M:%S"))}.</p>')
 
-    # summary
-    add("<h2>Sweep summary</h2>")
-    attacks = sorted({c.attack for c in cells})
-    defenses = sorted({c.defense for c in cells})
-    sizes = sorted({c.batch_size for c in cells})
+def _head(title: str, run_dir: Path) -> list[str]:
+    return ["<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">",
+            f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">',
+            '<meta name="viewport" content="width=device-width, initial-scale=1">',
+            f"<title>{_e(title)}</title><style>{_STYLE}</style><script>{_SCRIPT}</script></head><body>",
+            f"<h1>{_e(title)}</h1>",
+            f'<p class="meta">Run folder <code>{_e(run_dir.resolve())}</code>, generated '
+            f'{_e(time.strftime("%Y-%m-%d %H:%M:%S"))}.</p>']
+
+
+def _summary_section(cells, urows) -> list[str]:
     seconds = sum(c.seconds for c in cells if c.seconds is not None and math.isfinite(c.seconds))
-    summary = [("cells done", done), ("cells failed", failed), ("attacks", ", ".join(attacks) or "-"),
-               ("defenses", ", ".join(defenses) or "-"), ("batch sizes", ", ".join(map(str, sizes)) or "-"),
-               ("attack time (s, sum over cells)", f"{seconds:.1f}"),
-               ("utility runs", len(urows)),
+    summary = [("cells done", sum(c.status == "done" for c in cells)),
+               ("cells failed", sum(c.status == "failed" for c in cells)),
+               ("attacks", ", ".join(sorted({c.attack for c in cells})) or "-"),
+               ("defenses", ", ".join(sorted({c.defense for c in cells})) or "-"),
+               ("batch sizes", ", ".join(map(str, sorted({c.batch_size for c in cells}))) or "-"),
+               ("attack time (s, sum over cells)", f"{seconds:.1f}"), ("utility runs", len(urows)),
                ("LPIPS", "measured" if any(c.lpips is not None for c in cells) else "not measured (no weights)")]
-    add("<table>" + "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in summary) + "</table>")
+    return ["<h2>Sweep summary</h2>",
+            "<table>" + "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in summary) + "</table>"]
 
-    # strongest attack
-    add('<h2 id="strongest">Strongest attack per defense</h2>')
-    add("<p>For every defense D at strength s and batch size B, the attack with the highest mean "
-        f"{_e(metric.upper())} over its samples (seed 002 Eq. 3: err(D, s) = min over attacks of the "
-        "reconstruction error). Each metric column is that metric's optimum over attacks; n counts the "
-        "strongest attack's finished cells.</p>")
-    if table:
-        add(_table(table, STRONGEST_COLUMNS, "strongest"))
-    else:
-        add('<p class="note">No finished cells yet.</p>')
+
+def _strongest_section(table, metric: str, sa_plot) -> list[str]:
+    out = ['<h2 id="strongest">Strongest attack per defense</h2>',
+           "<p>For every defense D at strength s and batch size B, the attack with the highest mean "
+           f"{_e(metric.upper())} over its samples (seed 002 Eq. 3: err(D, s) = min over attacks of the "
+           "reconstruction error). Each metric column is that metric's optimum over attacks; n counts the "
+           "strongest attack's finished cells.</p>"]
+    out.append(_table(table, STRONGEST_COLUMNS, "strongest") if table else '<p class="note">No finished cells yet.</p>')
     if sa_plot:
-        add(f"<figure>{_img(sa_plot['png'], 'PSNR of the strongest attack against defense strength')}"
-            "<figcaption>PSNR of the strongest attack against defense strength, one panel per defense family; "
-            "dashed: no defense.</figcaption></figure>")
-
-    # privacy-utility
-    add('<h2 id="privacy-utility">Privacy and utility</h2>')
-    if not urows:
-        add('<p class="note">Utility not measured: the utility table of this run is empty. Measure it with '
-            f"<code>gradaudit utility --out {_e(run_dir)} --defense SPEC ...</code> and rebuild the report.</p>")
-    else:
-        add("<p>Utility loss = final training loss with the defense minus that without (seed 002 Table 5); "
-            "reconstruction error = RMSE of the strongest attack (pixels in [0, 1]).</p>")
-        if points:
-            add(_table(points, POINT_COLUMNS, "privacy-utility"))
-        else:
-            add('<p class="note">No finished attack cells yet: the points need the strongest attack per defense.</p>')
-        if pu_plot:
-            add(f"<figure>{_img(pu_plot['png'], 'privacy-utility plot')}<figcaption>y: "
-                f"{_e(Y_LABEL.replace(chr(10), ' '))}; x: {_e(X_LABEL)}. Colour: defense; marker: batch size; "
-                "label: strength. Up and to the left is better.</figcaption></figure>")
-        elif points:
-            add('<p class="note">No defense has both a reconstruction error and a utility loss yet (a no-defense '
-                "utility run is needed as the baseline).</p>")
-        add("<h3>Utility runs</h3>")
-        add(_table(util, UTILITY_COLUMNS, "utility"))
-        if curves:
-            add(f"<figure>{_img(curves['png'], 'training curves')}<figcaption>Mean training loss per round of "
-                "every utility run.</figcaption></figure>")
-
-    # grids
-    add('<h2 id="reconstructions">Best reconstruction per defense</h2>')
-    if best:
-        add("<p>The single best reconstruction (highest PSNR over attacks, samples and seeds) of every defense "
-            "and batch size: ground truth above, reconstruction below, PSNR under each image.</p>")
-        add('<div class="grids">')
-        for i, b in enumerate(best):
-            grid, caption = _grid_for(b, run_dir, assets / "grids", i)
-            if grid is None:
-                add(f'<figure><p class="note">{_e(b.defense)}, B = {b.batch_size}: {_e(caption)}</p></figure>')
-            else:
-                add(f"<figure>{_img(grid, caption)}<figcaption>{_e(caption)}</figcaption></figure>")
-        add("</div>")
-    else:
-        add('<p class="note">No reconstruction images stored.</p>')
-
-    # failures
-    add('<h2 id="failed">Failed cells</h2>')
-    if failed_cells:
-        add("<table><thead><tr><th>key</th><th>attack</th><th>defense</th><th>B</th><th>sample</th><th>seed</th>"
-            "<th>attempts</th><th>error</th></tr></thead><tbody>")
-        for c in failed_cells:
-            add(f"<tr><td><code>{_e(c.key)}</code></td><td>{_e(c.attack)}</td><td>{_e(c.defense)}</td>"
-                f'<td class="num">{c.batch_size}</td><td class="num">{c.sample}</td><td class="num">{c.seed}</td>'
-                f'<td class="num">{c.attempts}</td><td><pre class="error">{_e(c.error or "-")}</pre></td></tr>')
-        add("</tbody></table>")
-    else:
-        add("<p>None.</p>")
-
-    files = [p for p in tables.values()] + [p for d in (pu_plot, sa_plot, curves) if d for p in d.values()]
-    add("<h2>Files</h2><ul>" + "".join(f"<li><code>{_e(p.relative_to(run_dir))}</code></li>" for p in files)
-        + "</ul>")
-    add("</body></html>\n")
-    out = run_dir / REPORT_NAME
-    tmp = out.with_suffix(".html.tmp")
-    tmp.write_text("\n".join(parts), encoding="utf-8")
-    tmp.replace(out)
+        out.append(f"<figure>{_img(sa_plot['png'], 'PSNR of the strongest attack against defense strength')}"
+                   "<figcaption>PSNR of the strongest attack against defense strength, one panel per defense "
+                   "family; dashed: no defense.</figcaption></figure>")
     return out
+
+
+def _privacy_section(run_dir: Path, data: dict, plots: dict) -> list[str]:
+    out = ['<h2 id="privacy-utility">Privacy and utility</h2>']
+    if not data["urows"]:
+        return out + ['<p class="note">Utility not measured: the utility table of this run is empty. Measure it '
+                      f"with <code>gradaudit utility --out {_e(run_dir)} --defense SPEC ...</code> and rebuild the "
+                      "report.</p>"]
+    out.append("<p>Utility loss = final training loss with the defense minus that without (seed 002 Table 5); "
+               "reconstruction error = RMSE of the strongest attack (pixels in [0, 1]).</p>")
+    points, pu_plot = data["points"], plots["pu"]
+    out.append(_table(points, POINT_COLUMNS, "privacy-utility") if points else
+               '<p class="note">No finished attack cells yet: the points need the strongest attack per defense.</p>')
+    if pu_plot:
+        out.append(f"<figure>{_img(pu_plot['png'], 'privacy-utility plot')}<figcaption>y: "
+                   f"{_e(Y_LABEL.replace(chr(10), ' '))}; x: {_e(X_LABEL)}. Colour: defense; marker: batch size; "
+                   "label: strength. Up and to the left is better.</figcaption></figure>")
+    elif points:
+        out.append('<p class="note">No defense has both a reconstruction error and a utility loss yet (a '
+                   "no-defense utility run is needed as the baseline).</p>")
+    out += ["<h3>Utility runs</h3>", _table(data["util"], UTILITY_COLUMNS, "utility")]
+    if plots["curves"]:
+        out.append(f"<figure>{_img(plots['curves']['png'], 'training curves')}<figcaption>Mean training loss per "
+                   "round of every utility run.</figcaption></figure>")
+    return out
+
+
+def _grids_section(best, run_dir: Path, assets: Path) -> list[str]:
+    out = ['<h2 id="reconstructions">Best reconstruction per defense</h2>']
+    if not best:
+        return out + ['<p class="note">No reconstruction images stored.</p>']
+    out += ["<p>The single best reconstruction (highest PSNR over attacks, samples and seeds) of every defense "
+            "and batch size: ground truth above, reconstruction below, PSNR under each image.</p>", '<div class="grids">']
+    for i, b in enumerate(best):
+        grid, caption = _grid_for(b, run_dir, assets / "grids", i)
+        if grid is None:
+            out.append(f'<figure><p class="note">{_e(b.defense)}, B = {b.batch_size}: {_e(caption)}</p></figure>')
+        else:
+            out.append(f"<figure>{_img(grid, caption)}<figcaption>{_e(caption)}</figcaption></figure>")
+    return out + ["</div>"]
+
+
+def _failures_section(failed_cells) -> list[str]:
+    out = ['<h2 id="failed">Failed cells</h2>']
+    if not failed_cells:
+        return out + ["<p>None.</p>"]
+    out.append("<table><thead><tr><th>key</th><th>attack</th><th>defense</th><th>B</th><th>sample</th><th>seed</th>"
+               "<th>attempts</th><th>error</th></tr></thead><tbody>")
+    for c in failed_cells:
+        out.append(f"<tr><td><code>{_e(c.key)}</code></td><td>{_e(c.attack)}</td><td>{_e(c.defense)}</td>"
+                   f'<td class="num">{c.batch_size}</td><td class="num">{c.sample}</td><td class="num">{c.seed}</td>'
+                   f'<td class="num">{c.attempts}</td><td><pre class="error">{_e(c.error or "-")}</pre></td></tr>')
+    return out + ["</tbody></table>"]
 
 
 def report_files(run_dir: str | Path) -> dict[str, Path]:

@@ -30,6 +30,7 @@ import matplotlib
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from ..checks import finite_or_none
 
 Y_LABEL = "reconstruction RMSE of the strongest attack\n(pixels in [0, 1]; higher = more private)"
 X_LABEL = "utility loss: final training loss − final training loss without defense"
@@ -51,6 +52,10 @@ def batch_markers(batch_sizes: Iterable[int]) -> dict[int, str]:
     return {b: MARKERS[i % len(MARKERS)] for i, b in enumerate(sorted(set(batch_sizes)))}
 
 
+def _is_finite(v: Any) -> bool:
+    return finite_or_none(v) is not None
+
+
 def _get(p: Any, name: str) -> Any:
     return p.get(name) if isinstance(p, dict) else getattr(p, name)
 
@@ -68,13 +73,9 @@ def _save(fig: Figure, stem: Path) -> dict[str, Path]:
     return out
 
 
-def _finite(v: Any) -> bool:
-    return v is not None and isinstance(v, (int, float)) and math.isfinite(v)
-
-
 def _strength_order(p: Any) -> tuple:
     v = _get(p, "strength_value")
-    return (v if _finite(v) else math.inf, str(_get(p, "strength")))
+    return (v if _is_finite(v) else math.inf, str(_get(p, "strength")))
 
 
 def privacy_utility_plot(points: Sequence[Any], stem: str | Path,
@@ -83,7 +84,7 @@ def privacy_utility_plot(points: Sequence[Any], stem: str | Path,
 
     ``points``: :class:`~gradaudit.evaluation.analysis.PrivacyUtilityPoint` (or dicts with its fields).
     """
-    pts = [p for p in points if _finite(_get(p, "utility_loss")) and _finite(_get(p, "rmse"))]
+    pts = [p for p in points if _is_finite(_get(p, "utility_loss")) and _is_finite(_get(p, "rmse"))]
     if not pts:
         return None
     with matplotlib.rc_context(_RC):
@@ -125,7 +126,7 @@ def privacy_utility_plot(points: Sequence[Any], stem: str | Path,
 
 def strongest_attack_plot(rows: Sequence[Any], stem: str | Path) -> Optional[dict[str, Path]]:
     """PSNR of the strongest attack vs strength, one panel per defense family; None when there is nothing."""
-    rows = [r for r in rows if _finite(_get(r, "psnr"))]
+    rows = [r for r in rows if _is_finite(_get(r, "psnr"))]
     families = sorted({_get(r, "family") for r in rows} - {"none"})
     if not rows:
         return None
@@ -141,7 +142,7 @@ def strongest_attack_plot(rows: Sequence[Any], stem: str | Path) -> Optional[dic
             by_b: dict[int, list[Any]] = defaultdict(list)
             for r in members:
                 by_b[_get(r, "batch_size")].append(r)
-            numeric = all(_finite(_get(r, "strength_value")) for r in members)
+            numeric = all(_is_finite(_get(r, "strength_value")) for r in members)
             labels = sorted({_get(r, "strength") for r in members}, key=lambda s: _strength_order(
                 next(r for r in members if _get(r, "strength") == s)))
             for b, rs in sorted(by_b.items()):
@@ -179,7 +180,7 @@ def utility_curves_plot(utility_rows: Sequence[Any], stem: str | Path) -> Option
         ax = fig.add_subplot()
         colors = family_colors(d.split(":")[0] for d, _ in runs)
         for i, (defense, curve) in enumerate(runs):
-            pts = [(r, l) for r, l in curve if _finite(l)]
+            pts = [(r, l) for r, l in curve if _is_finite(l)]
             if not pts:
                 continue
             ax.plot([r for r, _ in pts], [l for _, l in pts], label=defense,

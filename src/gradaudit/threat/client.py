@@ -30,6 +30,7 @@ from torch import nn
 
 from ..defenses.base import UpdateTransform
 from ..errors import ConfigError
+from ..models.layers import batchnorm_layers
 from ..models.registry import ModelSpec
 from .observation import DataSpec, Observation
 
@@ -40,11 +41,6 @@ class ServerKnowledge:
 
     labels: bool = True
     bn_statistics: bool = False
-
-
-def batchnorm_layers(model: nn.Module) -> list[nn.Module]:
-    """Batch-norm modules in registration order (the order their statistics are recorded in)."""
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
 def batch_statistics(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

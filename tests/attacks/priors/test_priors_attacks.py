@@ -133,6 +133,24 @@ def test_held_out_refusal(tiny_prior):
         check_held_out({"training": None}, "embedded", [60])
 
 
+def test_held_out_follows_the_datasets_declarations(tiny_prior):
+    """lfw's train and test splits are the same 200 images: a prior trained on lfw/train has seen lfw/test (the
+    split names alone used to let it through); embedded crops of one photo share a source group."""
+    from gradaudit.data import load_dataset
+
+    lfw = {"training": Provenance("lfw", "train", range(0, 100)).to_dict()}
+    with pytest.raises(ConfigError, match="evaluation image 7"):
+        check_held_out(lfw, "lfw", [7], split="test")
+    check_held_out(lfw, "lfw", [150], split="test")
+    labels = load_dataset("embedded").labels  # 8 crops per photo: index 47 is photo 5, 48 photo 6
+    meta = read_generator_meta(tiny_prior[0])  # trained on 0:48 = photos 0-5
+    check_held_out(meta, "embedded", [48, 63], labels=labels)
+    partial = {"training": Provenance("embedded", "train", range(0, 44)).to_dict()}  # photo 5 half seen
+    with pytest.raises(ConfigError, match="same source as evaluation image 45"):
+        check_held_out(partial, "embedded", [45], labels=labels)
+    check_held_out(partial, "embedded", [45], labels=labels, allow_train_overlap=True)
+
+
 def test_evaluation_cell_refuses_a_prior_trained_on_the_batch(tiny_prior):
     from gradaudit.evaluation.cell import prepare
 

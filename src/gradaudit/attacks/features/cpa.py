@@ -115,6 +115,7 @@ from ...threat.observation import Observation
 from ..base import Attack, ProgressFn, Reconstruction
 from ...models.registry import build_model
 from .inversion import invert_features
+from ..matching.regularizers import total_variation
 
 #: E[log cosh(nu)] for nu ~ N(0, 1) (numerical integral); negentropy compares against it
 LOGCOSH_GAUSS = 0.3745672075
@@ -150,13 +151,6 @@ def whiten(rows: torch.Tensor, k: int, eps: float = 1e-12, dense_limit: int = 10
     lam = evals[top].clamp_min(eps)
     q = vecs.T / lam.sqrt()[:, None]
     return q @ centred, q, mu
-
-
-def total_variation(images: torch.Tensor) -> torch.Tensor:
-    """Mean absolute difference between neighbouring pixels, [B, C, H, W] -> scalar."""
-    dx = (images[..., :, 1:] - images[..., :, :-1]).abs().mean()
-    dy = (images[..., 1:, :] - images[..., :-1, :]).abs().mean()
-    return dx + dy
 
 
 def negentropy(sources: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from ...errors import ConfigError
 from ...models.registry import build_model
 from ...threat.observation import Observation
+from ..matching.loop import multistep_scheduler
+from ..matching.regularizers import total_variation
 
 
 def layer_input_model(obs: Observation, layer: str, device: torch.device | str = "cpu"):
@@ -46,12 +48,6 @@ def layer_input_model(obs: Observation, layer: str, device: torch.device | str =
     return model, features
 
 
-def total_variation(images: torch.Tensor) -> torch.Tensor:
-    """Mean absolute difference between neighbouring pixels, [B, C, H, W] -> scalar."""
-    return ((images[..., :, 1:] - images[..., :, :-1]).abs().mean()
-            + (images[..., 1:, :] - images[..., :-1, :]).abs().mean())
-
-
 def invert_features(obs: Observation, layer: str, features: torch.Tensor, *, iterations: int = 600,
                     lr: float = 0.05, tv: float = 0.05, signed: bool = True, seed: int = 0,
                     device: torch.device | str = "cpu") -> tuple[torch.Tensor, float]:
@@ -67,7 +63,7 @@ def invert_features(obs: Observation, layer: str, features: torch.Tensor, *, ite
     gen = torch.Generator().manual_seed(seed)
     pixels = (0.5 + 0.1 * torch.randn(target.shape[0], c, h, w, generator=gen)).to(device).requires_grad_(True)
     opt = torch.optim.Adam([pixels], lr=lr)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, [int(iterations * f) for f in (0.375, 0.625, 0.875)], 0.1)
+    sched = multistep_scheduler(opt, iterations) or torch.optim.lr_scheduler.LambdaLR(opt, lambda it: 1.0)
     with torch.no_grad():
         probe = feat((pixels - mean) / std)
     if probe.shape[1] != target.shape[1]:

@@ -77,6 +77,13 @@ def schedule_scale(it: float, total: int, kind: str) -> float:
     return 0.1 ** passed
 
 
+def multistep_scheduler(optimizer: torch.optim.Optimizer, total: int, kind: str = "multistep"):
+    """A torch scheduler with :func:`schedule_scale`'s steps (for attacks that use torch's optimisers), or None."""
+    if kind == "none" or total < 8:
+        return None
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: schedule_scale(it, total, kind))
+
+
 def archive_candidates(pop: Population, result: LoopResult, stopped_at: int, only: Optional[set[int]] = None) -> None:
     """Store each (listed) candidate's best member state in ``result.archive``."""
     for c in set(pop.candidate.tolist()):
@@ -139,4 +146,5 @@ def run_population(pop: Population, step: StepFn, s: LoopSettings) -> LoopResult
     return result
 
 
-__all__ = ["Archived", "LoopResult", "LoopSettings", "StepFn", "archive_candidates", "run_population", "schedule_scale"]
+__all__ = ["Archived", "LoopResult", "LoopSettings", "StepFn", "archive_candidates", "multistep_scheduler", "run_population",
+           "schedule_scale"]

@@ -17,7 +17,7 @@ __all__ = ["DCGAN", "DCGANDiscriminator", "DeepImagePrior", "build_generator", "
            "save_generator", "check_attack_held_out"]
 
 
-def check_attack_held_out(attack, dataset: str, indices, split: str = "train") -> None:
+def check_attack_held_out(attack, dataset: str, indices, split: str = "train", labels=None) -> None:
     """Held-out check for an attack built by :func:`gradaudit.attacks.build_attack`, where the evaluation
     images are known (the run's dataset, split and indices); a no-op for attacks without a generator."""
     cfg = getattr(attack, "config", None)
@@ -32,4 +32,4 @@ def check_attack_held_out(attack, dataset: str, indices, split: str = "train") -
         meta = {"training": None}  # a module:factory generator has no recorded provenance
     else:
         meta = read_generator_meta(path, allow_legacy=getattr(attack, "allow_legacy", False))
-    check_held_out(meta, dataset, list(indices), split)
+    check_held_out(meta, dataset, list(indices), split, labels=labels)

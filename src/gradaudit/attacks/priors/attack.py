@@ -22,17 +22,11 @@ from torch.func import grad_and_value, vmap
 from ...errors import ConfigError
 from ...threat.observation import Observation
 from ..base import ProgressFn, Reconstruction
+from ..matching.loop import multistep_scheduler
 from ..matching.objective import autograd_param_grad
 from . import parameterization as P
 from .checkpoint import LoadedGenerator, load_generator
 from .generators import DeepImagePrior
-
-
-def _schedule(optimizer, n: int, kind: str):
-    if kind == "none" or n < 8:
-        return None
-    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[3 * n // 8, 5 * n // 8, 7 * n // 8],
-                                                gamma=0.1)
 
 
 def _check_shape(G, obs: Observation, latent_dim: int | None, device) -> None:
@@ -96,7 +90,7 @@ class _Phase:
         lab = self.label_param.clone()
         leaves = list(theta.values()) + ([lab.requires_grad_(True)] if self.joint else [])
         opt = torch.optim.Adam(leaves, lr=lr)
-        sched = _schedule(opt, iterations, cfg.schedule)
+        sched = multistep_scheduler(opt, iterations, cfg.schedule)
         vectorize = cfg.vectorize
         for it in range(iterations):
             detached = {k: v.detach() for k, v in theta.items()}

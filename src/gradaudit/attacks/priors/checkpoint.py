@@ -29,8 +29,6 @@ from ...trust import is_code_reference, load_code_reference
 from .generators import build_generator
 
 FORMAT = "gradaudit-generator"
-#: datasets whose "train" and "test" splits contain the same images
-SHARED_SPLITS = frozenset({"embedded"})
 
 
 class CheckpointError(GradauditError, ValueError):
@@ -90,12 +88,15 @@ class Provenance:
 
 
 def check_held_out(meta: dict[str, Any], dataset: str, indices: Sequence[int], split: str = "train", *,
-                   allow_train_overlap: bool = False) -> None:
+                   allow_train_overlap: bool = False, labels: Sequence[int] | None = None) -> None:
     """Refuse a prior trained on any of the evaluation images ``dataset[split][indices]``.
 
     ``meta`` is a checkpoint's metadata (its ``training`` section is read). Raises ConfigError naming the
     first overlapping index, unless ``allow_train_overlap``. A checkpoint without provenance is refused too
-    (its training data cannot be shown to be disjoint).
+    (its training data cannot be shown to be disjoint). What counts as overlap comes from the dataset's
+    declaration (:func:`gradaudit.data.registry.dataset_info`): when its splits hold the same images (embedded,
+    lfw) the split names do not separate them, and when it groups images by source (embedded: the crops of one
+    photo, ``labels``) a prior that saw another image of the same source is not held out either.
     """
     if allow_train_overlap:
         return
@@ -105,11 +106,21 @@ def check_held_out(meta: dict[str, Any], dataset: str, indices: Sequence[int], s
                           "out from the evaluation images; pass --force / allow_train_overlap=True to use it anyway")
     if training.get("dataset") != dataset:
         return
-    same_pool = dataset in SHARED_SPLITS or training.get("split") == split
+    from ...data.registry import dataset_info, splits_share_images
+
+    same_pool = splits_share_images(dataset) or training.get("split") == split
     if not same_pool:
         return
     runs = training["train_indices"]
     seen = [i for i in indices if _in_ranges(int(i), runs)]
+    if not seen and labels is not None and dataset_info(dataset).source_groups == "label":
+        trained = {int(labels[i]) for r in runs for i in range(r[0], min(r[1], len(labels)))}
+        shared = [i for i in indices if int(labels[int(i)]) in trained]
+        if shared:
+            raise ConfigError(f"the generator was trained on images from the same source as evaluation image "
+                              f"{shared[0]} of {dataset} (source group {int(labels[int(shared[0])])}: crops of one "
+                              f"photo share its content): hold out whole groups (--exclude-labels) or pass --force "
+                              f"/ allow_train_overlap=True")
     if seen:
         raise ConfigError(f"the generator was trained on evaluation image {seen[0]} of {dataset} ({split} split; "
                           f"{len(seen)} of {len(indices)} evaluation images were in its training set): pick "

@@ -145,7 +145,7 @@ def train_dcgan(cfg: TrainConfig, out: str | Path, *, resume: bool = True,
                 progress: TrainProgress | None = None) -> dict:
     """Train (or resume training) a DCGAN prior into ``out``; returns a summary (steps, seconds, paths)."""
     from ...checks import check_output_dir
-    from ...report.grid import save_reconstruction_grid
+    from ...data.image_grid import save_reconstruction_grid
 
     out = check_output_dir(out)
     gen = torch.Generator().manual_seed(cfg.seed)

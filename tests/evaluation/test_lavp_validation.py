@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from gradaudit.errors import ConfigError
-from gradaudit.proxies.validation import (QUALITY_SIGN, ValidationResult, attack_configs, correlate,
+from gradaudit.evaluation.lavp_validation import (QUALITY_SIGN, ValidationResult, attack_configs, correlate,
                                           load_validation, oriented_quality, paired_delta, validate_proxies)
 
 
@@ -102,7 +102,7 @@ def test_rejects_bad_settings():
         attack_configs(["l2"], optimizers={"l2": "sgd"})
     cfg = attack_configs(["l2", "cosine"], optimizers={"cosine": "lbfgs"}, iterations={"l2": 7})
     assert cfg["l2"] == ("dlg", {"optimizer": "lbfgs", "signed": False, "lr": 1.0, "lbfgs_inner_steps": 20,
-                                 "schedule": "none", "iterations": 7})
+                                 "schedule": "none", "iterations": 7, "tune": "off"})
     assert cfg["cosine"][0] == "inverting-gradients" and cfg["cosine"][1]["iterations"] == 60
 
 

@@ -9,7 +9,7 @@ from PIL import Image
 
 from gradaudit.errors import ConfigError
 from gradaudit.report import save_reconstruction_grid
-from gradaudit.report import grid as G
+from gradaudit.data import image_grid as G
 
 
 def quantised(b: int, c: int, h: int = 32, w: int = 32, seed: int = 0) -> torch.Tensor:

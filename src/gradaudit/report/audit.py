@@ -22,10 +22,10 @@ from typing import Any, Optional
 
 from ..errors import ConfigError
 from ..evaluation.analysis import format_value, to_csv, to_markdown
-from ..evaluation.store import STORE_NAME
-from ..report.grid import save_reconstruction_grid
-from ..report.html import _CSP, _SCRIPT, _STYLE, MAX_GRID_IMAGES, _e, _img
-from .audit import AuditRow, AuditStore
+from ..checks import STORE_NAME
+from ..data.image_grid import save_reconstruction_grid
+from .html import _CSP, _SCRIPT, _STYLE, MAX_GRID_IMAGES, _e, _img
+from ..integrations.audit import AuditRow, AuditStore
 
 REPORT_NAME = "audit-report.html"
 ASSETS_DIR = "audit-report"
@@ -59,7 +59,7 @@ def _rows(store: AuditStore, run: Optional[str]) -> tuple[str, list[AuditRow]]:
 
 def leakage_table(store: AuditStore, run: Optional[str] = None) -> list[dict[str, Any]]:
     """One dict per audited (round, client) of ``run`` (default: the latest), sorted by round then client."""
-    from .audit import _natural
+    from ..integrations.audit import _natural
 
     _, rows = _rows(store, run)
     out = []

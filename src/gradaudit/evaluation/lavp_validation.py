@@ -75,8 +75,8 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from .correlation import _rowwise_spearman, spearman_bootstrap
-from .lavp import PROXY_COLUMNS, compute_proxies
+from ..proxies.correlation import _rowwise_spearman, spearman_bootstrap
+from ..proxies.lavp import PROXY_COLUMNS, compute_proxies
 
 #: attack loss -> (preset, default optimiser)
 ATTACKS: dict[str, tuple[str, str]] = {"l2": ("dlg", "lbfgs"), "cosine": ("inverting-gradients", "adam")}
@@ -293,7 +293,8 @@ def attack_configs(attacks: Iterable[str], optimizers: Mapping[str, str] | None 
 
             raise unknown_name("optimizer", opt, OPTIMIZERS)
         its = iterations.get(a) if isinstance(iterations, Mapping) else iterations
-        ov = dict(OPTIMIZERS[opt], iterations=int(its) if its is not None else DEFAULT_ITERATIONS[opt])
+        # the study correlates the proxies with the presets' fixed recipes (not the self-tuning attack)
+        ov = dict(OPTIMIZERS[opt], iterations=int(its) if its is not None else DEFAULT_ITERATIONS[opt], tune="off")
         ov.update((overrides or {}).get(a, {}))
         from ..attacks import build_attack
 
@@ -333,7 +334,7 @@ def check_validation_options(*, attacks: Sequence[str] = ("l2", "cosine"),
     """Every option of :func:`validate_proxies` that can be checked without data, checked (ConfigError);
     returns the attack configurations (:func:`attack_configs`)."""
     from ..checks import check_int, check_number
-    from .lavp import check_proxy_options
+    from ..proxies.lavp import check_proxy_options
 
     which = tuple(which)
     check_proxy_options(method=method, which=which, **dict(proxy_kwargs or {}))
@@ -380,12 +381,9 @@ def validate_proxies(dataset, model, indices: Sequence[int] | None = None, *, se
         lpips: "auto" (use LPIPS if its weights are available offline), an LPIPSMetric, or None.
         progress: called with (stage, done, total) after each sample of each stage.
     """
-    from ..attacks import build_attack
     from ..data import load_dataset
-    from ..metrics import score_reconstruction
     from ..models.registry import ModelSpec, build_model
     from ..threat import Client, DataSpec, ServerKnowledge
-    from .hessian import GradientMap
 
     t_start = time.perf_counter()
     which = tuple(which)
@@ -405,120 +403,135 @@ def validate_proxies(dataset, model, indices: Sequence[int] | None = None, *, se
     if bad:
         raise ConfigError(f"index {bad[0]} is out of range for a dataset of {len(ds)} samples")
     lp, lpips_status = _lpips(lpips)
-    n = len(idx)
     report = progress or (lambda stage, done, total: None)
-
     torch.manual_seed(seed)
     victim = build_model(spec)
-    data = DataSpec(ds.name, tuple(ds.mean), tuple(ds.std))
-    client = Client(victim, spec, data, knowledge=ServerKnowledge(labels=labels_known), seed=seed)
     images, labels = ds.batch(idx)
-    observations = [client.share(images[k:k + 1], labels[k:k + 1]) for k in range(n)]
-
-    # proxies (the same model: the client never modifies the server's copy)
-    t0 = time.perf_counter()
-    pkw = dict(proxy_kwargs or {})
-    pkw.setdefault("seed", seed)
+    client = Client(victim, spec, DataSpec(ds.name, tuple(ds.mean), tuple(ds.std)),
+                    knowledge=ServerKnowledge(labels=labels_known), seed=seed)
+    observations = [client.share(images[k:k + 1], labels[k:k + 1]) for k in range(len(idx))]
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()  # proxies (the same model: the client never modifies the server's copy)
+    pkw = {"seed": seed, **dict(proxy_kwargs or {})}
     table = compute_proxies(victim, images, labels if labels_known else None,
                             observations=None if labels_known else observations, data=ds, indices=idx,
                             which=which, method=method, **pkw,
                             progress=lambda done, total: report("proxies", done, total))
-    proxy_seconds = time.perf_counter() - t0
-    rows = [dict(r) for r in table.rows]
-    for k, r in enumerate(rows):  # compute_proxies keeps the input order
-        r["true_label"] = int(labels[k])
+    seconds["proxies"] = time.perf_counter() - t0
+    rows = [dict(r, true_label=int(labels[k])) for k, r in enumerate(table.rows)]  # in the input order
+    seconds.update(_attack_samples(rows, configs, observations, images, labels, lp, seed, report))
+    local = _local_analysis(rows, victim, spec, ds, images, local_steps, local_eps, local_rules, seed, report)
+    seconds["local"] = local["seconds"]
+    _min_over_max(rows)
+    corr = _correlations(rows, configs, local, lp, n_boot, seed)
+    meta = _validation_meta(ds, spec, idx, seed, labels_known, configs, method, which, table, lpips_status,
+                            n_boot, local_steps, local_eps, local_rules, local)
+    meta["seconds"] = {**seconds, "total": time.perf_counter() - t_start}
+    return ValidationResult(rows, corr, meta)
 
-    # attacks
-    attack_seconds = {}
+
+def _attack_samples(rows, configs, observations, images, labels, lp, seed, report) -> dict[str, float]:
+    """Attack every sample with every configured attack; its scores go into its row. Returns the times."""
+    from ..attacks import build_attack
+    from ..metrics import score_reconstruction
+
+    seconds = {}
     for a, (preset, ov) in configs.items():
         t0 = time.perf_counter()
         attack = build_attack(preset, seed=seed, **ov)
-        for k in range(n):
-            rec = attack.reconstruct(observations[k])
+        for k, obs in enumerate(observations):
+            rec = attack.reconstruct(obs)
             s = score_reconstruction(rec.images, images[k:k + 1], true_labels=labels[k:k + 1],
                                      predicted_labels=rec.labels, lpips=lp)
-            r = rows[k]
-            r[f"{a}_mse"] = s.mse[0]
-            r[f"{a}_psnr"] = s.psnr[0]
-            r[f"{a}_ssim"] = s.ssim[0]
-            r[f"{a}_lpips"] = s.lpips[0] if s.lpips is not None else float("nan")
-            r[f"{a}_label_accuracy"] = s.label_accuracy
-            r[f"{a}_matching_loss"] = rec.matching_loss
-            r[f"{a}_seconds"] = rec.seconds
-            report(f"attack {a}", k + 1, n)
-        attack_seconds[a] = time.perf_counter() - t0
+            rows[k].update({f"{a}_mse": s.mse[0], f"{a}_psnr": s.psnr[0], f"{a}_ssim": s.ssim[0],
+                            f"{a}_lpips": s.lpips[0] if s.lpips is not None else float("nan"),
+                            f"{a}_label_accuracy": s.label_accuracy, f"{a}_matching_loss": rec.matching_loss,
+                            f"{a}_seconds": rec.seconds})
+            report(f"attack {a}", k + 1, len(observations))
+        seconds[f"attack_{a}"] = time.perf_counter() - t0
+    return seconds
 
-    # worst-case local analysis
-    local_seconds = 0.0
-    local_losses = [l for l in ("l2", "cosine") if f"{l}_max" in rows[0]]
-    run_local = bool(local_steps > 0 and local_rules and local_losses)
-    steps_common: dict[str, float] = {}
-    if run_local:
-        t0 = time.perf_counter()
-        gmap = GradientMap.from_source(victim, dtype=torch.float64, input_shape=spec.input_shape)
-        xs = ds.normalize(images).to(torch.float64)
-        ys = torch.tensor([r["label"] for r in rows])  # the label the proxies used (given or recovered)
-        z = torch.randn(gmap.dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-        for loss in local_losses:
-            lmax = np.array([r[f"{loss}_max"] for r in rows], dtype=float)
-            steps_common[loss] = 1.0 / float(np.nanmax(lmax))
-        done, total = 0, n * len(local_losses) * len(local_rules)
-        for k in range(n):
-            for loss in local_losses:
-                for rule in local_rules:
-                    lam = rows[k][f"{loss}_max"]
-                    eta = steps_common[loss] if rule == "common" else (1.0 / lam if lam > 0 else 0.0)
-                    res = local_descent(gmap, xs[k], ys[k], loss, z, eps=local_eps, steps=local_steps,
-                                        step_size=eta)
-                    rows[k][f"local_{loss}_{rule}_err"] = res["err"]
-                    rows[k][f"local_{loss}_{rule}_loss_ratio"] = res["loss_ratio"]
-                    done += 1
-                    report("local", done, total)
-        local_seconds = time.perf_counter() - t0
+
+def _local_analysis(rows, victim, spec, ds, images, local_steps, local_eps, local_rules, seed, report) -> dict:
+    """The worst-case local analysis: plain gradient descent from x* + eps z with a step from the proxy
+    (``own``: 1 / lambda_max of the sample) or one step for all (``common``: 1 / the largest lambda_max).
+    Its errors go into the rows; returns what ran (losses, rules, common steps, seconds)."""
+    from ..proxies.hessian import GradientMap
+
+    losses = [l for l in ("l2", "cosine") if f"{l}_max" in rows[0]]
+    out = {"losses": losses, "rules": list(local_rules), "steps_common": {}, "seconds": 0.0, "ran": False}
+    if not (local_steps > 0 and local_rules and losses):
+        return out
+    t0 = time.perf_counter()
+    gmap = GradientMap.from_source(victim, dtype=torch.float64, input_shape=spec.input_shape)
+    xs = ds.normalize(images).to(torch.float64)
+    ys = torch.tensor([r["label"] for r in rows])  # the label the proxies used (given or recovered)
+    z = torch.randn(gmap.dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    for loss in losses:
+        out["steps_common"][loss] = 1.0 / float(np.nanmax([r[f"{loss}_max"] for r in rows]))
+    done, total = 0, len(rows) * len(losses) * len(local_rules)
+    for k, row in enumerate(rows):
+        for loss in losses:
+            for rule in local_rules:
+                lam = row[f"{loss}_max"]
+                eta = out["steps_common"][loss] if rule == "common" else (1.0 / lam if lam > 0 else 0.0)
+                res = local_descent(gmap, xs[k], ys[k], loss, z, eps=local_eps, steps=local_steps, step_size=eta)
+                row[f"local_{loss}_{rule}_err"] = res["err"]
+                row[f"local_{loss}_{rule}_loss_ratio"] = res["loss_ratio"]
+                done += 1
+                report("local", done, total)
+    out.update(seconds=time.perf_counter() - t0, ran=True)
+    return out
+
+
+def _min_over_max(rows) -> None:
+    """lambda_min / lambda_max per loss, where both were computed."""
     for loss in ("l2", "cosine"):
         if f"{loss}_min" in rows[0]:
             for r in rows:
                 mx, mn = r[f"{loss}_max"], r[f"{loss}_min"]
                 r[f"{loss}_min_over_max"] = mn / mx if mx > 0 else float("nan")
 
-    # correlations
+
+def _correlations(rows, configs, local, lp, n_boot, seed) -> list[dict]:
+    """Spearman of every proxy with every attack metric, and with the local analysis's remaining error."""
     proxies = [p for p in PROXY_COLUMNS if p in rows[0]]
     corr: list[dict] = []
-    metrics = [m for m in METRICS if m != "lpips" or lp is not None]
     for a in configs:
-        for m in metrics:
+        for m in [m for m in METRICS if m != "lpips" or lp is not None]:
             q = oriented_quality(m, [r[f"{a}_{m}"] for r in rows])
             corr += correlate(rows, proxies, q, study="attack", attack=a, metric=m, orientation=QUALITY_SIGN[m],
                               n_boot=n_boot, seed=seed)
-    if run_local:
-        for loss in local_losses:
+    if local["ran"]:
+        for loss in local["losses"]:
             extra = [f"{loss}_min_over_max"] if f"{loss}_min_over_max" in rows[0] else []
-            for rule in local_rules:
+            for rule in local["rules"]:
                 q = -np.array([r[f"local_{loss}_{rule}_err"] for r in rows], dtype=float)
                 corr += correlate(rows, proxies + extra, q, study="local", attack=loss, metric=f"err_{rule}",
                                   orientation=-1, n_boot=n_boot, seed=seed)
+    return corr
 
-    meta = {
-        "dataset": ds.name, "model": spec.to_dict(), "indices": idx, "n": n, "seed": seed,
+
+def _validation_meta(ds, spec, idx, seed, labels_known, configs, method, which, table, lpips_status, n_boot,
+                     local_steps, local_eps, local_rules, local) -> dict:
+    """The settings of a validation run (validation.json)."""
+    kept = ("tol", "criterion", "maxiter", "bn_mode", "dim", "num_params", "fusion")
+    return {
+        "dataset": ds.name, "model": spec.to_dict(), "indices": idx, "n": len(idx), "seed": seed,
         "labels_known": labels_known,
         "attacks": {a: {"preset": p, **ov} for a, (p, ov) in configs.items()},
-        "proxies": {"method": method, "which": list(which), **{k: v for k, v in table.meta.items()
-                                                               if k in ("tol", "criterion", "maxiter", "bn_mode",
-                                                                        "dim", "num_params", "fusion")}},
+        "proxies": {"method": method, "which": list(which), **{k: v for k, v in table.meta.items() if k in kept}},
         "lpips": lpips_status,
         "orientation": "rho = Spearman(proxy, quality); quality = PSNR, SSIM as they are, -MSE, -LPIPS, and "
                        "-(remaining error) for the local analysis: rho > 0 means a larger proxy value went "
                        "with a better reconstruction",
         "bootstrap": {"n_boot": n_boot, "confidence": 0.95, "seed": seed, "kind": "percentile, pairs resampled"},
-        "local": {"steps": local_steps, "eps": local_eps, "rules": list(local_rules), "losses": local_losses,
+        "local": {"steps": local_steps, "eps": local_eps, "rules": list(local_rules), "losses": local["losses"],
                   "optimizer": "plain gradient descent, float64, no prior, no box",
                   "space": "normalised input", "noise": "x0 = x* + eps * z, z ~ N(0, I), the same z for all samples",
-                  "common_step": steps_common},
-        "seconds": {"proxies": proxy_seconds, **{f"attack_{a}": s for a, s in attack_seconds.items()},
-                    "local": local_seconds, "total": time.perf_counter() - t_start},
+                  "common_step": local["steps_common"]},
         "torch_threads": torch.get_num_threads(),
     }
-    return ValidationResult(rows, corr, meta)
 
 
 # ----------------------------------------------------------------------------- tables
