@@ -100,11 +100,11 @@ def test_auditor_scores_stores_and_records_failures(tmp_path, setting):
         seen.append((client, rnd))
         return truth[client]
 
-    a = Auditor(tmp_path, spec, data, attack="dlg", attack_options={"iterations": 3}, proxy=True,
+    a = Auditor(tmp_path, spec, data, attack="dlg", attack_options={"iterations": 30}, proxy=True,
                 ground_truth=ground_truth, run="t")
     ok = a.audit(1, 0, observe, client_metrics={"dp_epsilon": 2.5})
     assert ok.status == "done", ok.error
-    assert 5 < ok.psnr < 60 and ok.label_acc == 1.0 and ok.epsilon == 2.5
+    assert ok.psnr > 13 and ok.label_acc == 1.0 and ok.epsilon == 2.5  # a grey image scores 10-12 dB
     assert ok.update_norm == pytest.approx(math.sqrt(sum(float(((torch.as_tensor(s) - torch.as_tensor(r)) ** 2).sum())
                                                          for s, r in zip(sent, returned))), rel=1e-5)
     assert ok.metrics["proxy"]["mean"]["grad_norm"] > 0
