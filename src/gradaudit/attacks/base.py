@@ -63,3 +63,19 @@ class Attack(ABC):
     @abstractmethod
     def reconstruct(self, observation: Observation, progress: ProgressFn | None = None) -> Reconstruction:
         """Rebuild the private batch behind ``observation``."""
+
+
+#: name -> attack class, filled by :func:`register_attack` where each attack is defined (the gradient-matching
+#: presets are settings of one class and live in :mod:`gradaudit.attacks.matching.presets`)
+ATTACKS: dict[str, type[Attack]] = {}
+
+
+def register_attack(name: str):
+    """Class decorator: ``build_attack(name, device=, seed=, **hyper_parameters)`` builds the decorated attack
+    (its constructor takes the hyper-parameters with the paper's defaults, plus ``device`` and ``seed``)."""
+    def decorate(cls: type[Attack]) -> type[Attack]:
+        if name in ATTACKS:
+            raise ValueError(f"attack '{name}' is registered twice")
+        ATTACKS[name] = cls
+        return cls
+    return decorate

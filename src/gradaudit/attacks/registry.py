@@ -18,21 +18,28 @@ from pydantic import BaseModel, ConfigDict, create_model
 
 from ..errors import ConfigError, unknown_name
 from ..trust import refuse_untrusted
-from .analytic.robbing_the_fed import RobbingTheFed
-from .base import Attack
-from .features.cpa import CocktailPartyAttack
-from .features.feature_matching import FeatureMatchingAttack
-from .features.tensor_attack import TensorFeatureAttack
+from .base import ATTACKS, Attack
 from .matching.engine import GradientMatchingAttack
 from .matching.presets import PRESETS, preset_config
 
-#: attacks that are not gradient-matching presets: name -> class taking (device=, seed=, **hyper-parameters)
-ANALYTIC: dict[str, type[Attack]] = {"robbing-the-fed": RobbingTheFed, "cpa": CocktailPartyAttack,
-                                     "tensor-features": TensorFeatureAttack, "feature-matching": FeatureMatchingAttack}
+
+def _discover() -> None:
+    """Import every module of :mod:`gradaudit.attacks`: each attack registers itself (:func:`register_attack`),
+    so a new attack is one new file."""
+    import importlib
+    import pkgutil
+
+    from .. import attacks as package
+
+    for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+        importlib.import_module(info.name)
+
+
+_discover()
 
 
 def attack_names() -> list[str]:
-    return sorted([*PRESETS, *ANALYTIC])
+    return sorted([*PRESETS, *ATTACKS])
 
 
 def build_attack(name: str, *, device: str | torch.device = "cpu", seed: int = 0, trust_code: bool = False,
@@ -55,8 +62,8 @@ def build_attack(name: str, *, device: str | torch.device = "cpu", seed: int = 0
 
 
 def _build(name: str, device, seed: int, overrides: dict) -> Attack:
-    if name in ANALYTIC:
-        cls = ANALYTIC[name]
+    if name in ATTACKS:
+        cls = ATTACKS[name]
         accepted = set(inspect.signature(cls).parameters) - {"device", "seed"}
         given = {k: v for k, v in overrides.items() if v is not None}
         bad = sorted(set(given) - accepted)
@@ -78,8 +85,8 @@ def attack_schema(name: str) -> type[BaseModel]:
 
         hints = typing.get_type_hints(MatchingConfig, include_extras=True)
         names = [f.name for f in dataclasses.fields(MatchingConfig)]
-    elif name in ANALYTIC:
-        init = ANALYTIC[name].__init__
+    elif name in ATTACKS:
+        init = ATTACKS[name].__init__
         hints = typing.get_type_hints(init, include_extras=True)
         names = [p for p in inspect.signature(init).parameters if p not in ("self", "device", "seed")]
         names = [p for p in names if inspect.signature(init).parameters[p].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD

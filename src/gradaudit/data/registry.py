@@ -114,8 +114,14 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, split: str = 
 
 
 def _register_all() -> None:
-    """Import the loader modules (each registers itself)."""
-    from gradaudit.data import cifar, embedded, fashion_mnist, image_folder, lfw  # noqa: F401
+    """Import every module of :mod:`gradaudit.data` (each loader registers itself), so a new dataset is one file."""
+    import importlib
+    import pkgutil
+
+    import gradaudit.data as package
+
+    for info in pkgutil.iter_modules(package.__path__, package.__name__ + "."):
+        importlib.import_module(info.name)
 
 
 _register_all()

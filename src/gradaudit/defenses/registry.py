@@ -21,8 +21,22 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import ConfigError, unknown_name
-from . import clipping, dpsgd, dropout, noise, pruning, secure_aggregation  # noqa: F401 - they register themselves
 from .base import DEFENSES, DefenseInfo
+
+
+def _discover() -> None:
+    """Import every module of :mod:`gradaudit.defenses`: each defense registers itself (:func:`register_defense`),
+    so a new defense is one new file."""
+    import importlib
+    import pkgutil
+
+    from .. import defenses as package
+
+    for info in pkgutil.iter_modules(package.__path__, package.__name__ + "."):
+        importlib.import_module(info.name)
+
+
+_discover()
 
 
 def _number(spec: str, text: str) -> float:

@@ -36,9 +36,10 @@ import torch
 
 from ...errors import ConfigError
 from ...threat.observation import Observation
-from ..base import Attack, ProgressFn, Reconstruction
+from ..base import Attack, ProgressFn, Reconstruction, register_attack
 
 
+@register_attack("robbing-the-fed")
 class RobbingTheFed(Attack):
     """Read samples out of the imprint block's gradient.
 

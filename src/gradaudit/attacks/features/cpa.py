@@ -112,7 +112,7 @@ import torch
 
 from ...errors import ConfigError
 from ...threat.observation import Observation
-from ..base import Attack, ProgressFn, Reconstruction
+from ..base import Attack, ProgressFn, Reconstruction, register_attack
 from ...models.registry import build_model
 from .inversion import invert_features
 from ..matching.regularizers import total_variation
@@ -187,6 +187,7 @@ def first_linear_layer(obs: Observation) -> str:
                       f"model '{obs.model.name}' has none")
 
 
+@register_attack("cpa")
 class CocktailPartyAttack(Attack):
     """Unmix the first FC layer's weight gradient into the B private inputs (see the module docstring).
 

@@ -38,7 +38,7 @@ from torch.func import functional_call
 
 from ...errors import ConfigError, unknown_name
 from ...threat.observation import Observation
-from ..base import ProgressFn, Reconstruction
+from ..base import ProgressFn, Reconstruction, register_attack
 from ..matching.engine import GradientMatchingAttack, MatchingConfig
 from .tensor_attack import reconstruct_observation_features
 
@@ -91,6 +91,7 @@ def layer_input(victim, layer: str) -> Callable[[dict, torch.Tensor], torch.Tens
     return features
 
 
+@register_attack("feature-matching")
 class FeatureMatchingAttack(GradientMatchingAttack):
     """The seed-002 combined attack: see the module docstring.
 

@@ -44,7 +44,7 @@ import torch
 
 from ...errors import ConfigError
 from ...threat.observation import Observation
-from ..base import Attack, ProgressFn, Reconstruction
+from ..base import Attack, ProgressFn, Reconstruction, register_attack
 from .tensor import FeatureReconstruction, reconstruct_features
 
 
@@ -153,6 +153,7 @@ def centred_scales(weights: torch.Tensor, gradients: torch.Tensor, bias_gradient
     return beta / torch.where(alpha.abs() > 1e-300, alpha, torch.full_like(alpha, 1e-300))
 
 
+@register_attack("tensor-features")
 class TensorFeatureAttack(Attack):
     """Recover the B inputs of the wide layer with the tensor method (see the module docstring).
 

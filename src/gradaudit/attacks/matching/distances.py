@@ -19,12 +19,24 @@ from ...errors import unknown_name
 
 Distance = Callable[[Sequence[torch.Tensor], Sequence[torch.Tensor]], torch.Tensor]
 _EPS = 1e-12
+#: name -> distance, filled by :func:`register_distance` on each function
+DISTANCES: dict[str, Distance] = {}
 
 
+def register_distance(name: str):
+    """Decorator: the decorated ``distance(g, target) -> scalar`` is the distance ``name``."""
+    def decorate(fn: Distance) -> Distance:
+        DISTANCES[name] = fn
+        return fn
+    return decorate
+
+
+@register_distance("l2")
 def l2_distance(g: Sequence[torch.Tensor], target: Sequence[torch.Tensor]) -> torch.Tensor:
     return sum(((a - b) ** 2).sum() for a, b in zip(g, target))
 
 
+@register_distance("cosine")
 def cosine_distance(g: Sequence[torch.Tensor], target: Sequence[torch.Tensor]) -> torch.Tensor:
     dot = sum((a * b).sum() for a, b in zip(g, target))
     gn = sum((a * a).sum() for a in g)
@@ -32,16 +44,11 @@ def cosine_distance(g: Sequence[torch.Tensor], target: Sequence[torch.Tensor]) -
     return 1 - dot / (gn.clamp_min(_EPS).sqrt() * tn.clamp_min(_EPS).sqrt())
 
 
+@register_distance("reweighted-cosine")
 def reweighted_cosine_distance(g: Sequence[torch.Tensor], target: Sequence[torch.Tensor]) -> torch.Tensor:
     norms = [b.norm().clamp_min(_EPS) for b in target]
     return cosine_distance([a / n for a, n in zip(g, norms)], [b / n for b, n in zip(target, norms)])
 
-
-DISTANCES: dict[str, Distance] = {
-    "l2": l2_distance,
-    "cosine": cosine_distance,
-    "reweighted-cosine": reweighted_cosine_distance,
-}
 
 
 def get_distance(name: str) -> Distance:

@@ -165,7 +165,7 @@ class MatchingConfig:
             return
         if self.optimizer != "adam":
             raise ConfigError(f"parameterization '{kind}' runs with optimizer 'adam' only, got '{self.optimizer}'")
-        if kind in ("latent", "generator", "gias") and not self.generator:
+        if PARAMETERIZATIONS[kind].needs_generator and not self.generator:
             raise ConfigError(f"parameterization '{kind}' needs a generator: generator=PATH of a checkpoint "
                               f"(train one with 'gradaudit prior train') or package.module:factory")
         if self.latent_iterations < 0 or not (math.isfinite(self.latent_lr) and self.latent_lr > 0):

@@ -34,20 +34,33 @@ class RegularizerContext:
 
 
 Regularizer = Callable[[torch.Tensor, RegularizerContext], torch.Tensor]
+#: name -> regularizer, filled by :func:`register_regularizer` on each function
+REGULARIZERS: dict[str, Regularizer] = {}
 
 
+def register_regularizer(name: str):
+    """Decorator: the decorated ``regularizer(x, ctx) -> scalar`` is the regularizer ``name``."""
+    def decorate(fn: Regularizer) -> Regularizer:
+        REGULARIZERS[name] = fn
+        return fn
+    return decorate
+
+
+@register_regularizer("tv")
 def total_variation(x: torch.Tensor, ctx: RegularizerContext | None = None) -> torch.Tensor:
     dx = (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
     dy = (x[..., 1:, :] - x[..., :-1, :]).abs().mean()
     return dx + dy
 
 
+@register_regularizer("tv-squared")
 def total_variation_squared(x: torch.Tensor, ctx: RegularizerContext | None = None) -> torch.Tensor:
     dx = ((x[..., :, 1:] - x[..., :, :-1]) ** 2).mean()
     dy = ((x[..., 1:, :] - x[..., :-1, :]) ** 2).mean()
     return dx + dy
 
 
+@register_regularizer("bn")
 def bn_statistics(x: torch.Tensor, ctx: RegularizerContext) -> torch.Tensor:
     total = x.new_zeros(())
     for i, ((mu, var), (mu_t, var_t)) in enumerate(zip(ctx.bn_inputs, ctx.bn_targets)):
@@ -56,23 +69,16 @@ def bn_statistics(x: torch.Tensor, ctx: RegularizerContext) -> torch.Tensor:
     return total
 
 
+@register_regularizer("l2")
 def image_norm(x: torch.Tensor, ctx: RegularizerContext | None = None) -> torch.Tensor:
     return (x ** 2).mean()
 
 
+@register_regularizer("z-norm")
 def latent_norm(x: torch.Tensor, ctx: RegularizerContext | None = None) -> torch.Tensor:
     if ctx is None or ctx.latent is None:
         return x.new_zeros(())
     return (ctx.latent ** 2).mean()
-
-
-REGULARIZERS: dict[str, Regularizer] = {
-    "tv": total_variation,
-    "tv-squared": total_variation_squared,
-    "bn": bn_statistics,
-    "l2": image_norm,
-    "z-norm": latent_norm,
-}
 
 
 def get_regularizer(name: str) -> Regularizer:

@@ -22,7 +22,10 @@ def check_attack_held_out(attack, dataset: str, indices, split: str = "train", l
     images are known (the run's dataset, split and indices); a no-op for attacks without a generator."""
     cfg = getattr(attack, "config", None)
     path = getattr(cfg, "generator", None)
-    if not path or getattr(cfg, "parameterization", "pixels") not in ("latent", "generator", "gias"):
+    from .parameterization import PARAMETERIZATIONS
+
+    kind = getattr(cfg, "parameterization", "pixels")
+    if not path or not PARAMETERIZATIONS.get(kind, PARAMETERIZATIONS["pixels"]).needs_generator:
         return
     if cfg.allow_train_overlap:
         return

@@ -26,7 +26,6 @@ from ..matching.loop import multistep_scheduler
 from ..matching.objective import autograd_param_grad
 from . import parameterization as P
 from .checkpoint import LoadedGenerator, load_generator
-from .generators import DeepImagePrior
 
 
 def _check_shape(G, obs: Observation, latent_dim: int | None, device) -> None:
@@ -134,7 +133,8 @@ def reconstruct_with_prior(attack, observation: Observation, progress: ProgressF
         plan = [("latent", cfg.latent_iterations, cfg.latent_lr), ("gias", cfg.iterations, cfg.lr)]
     else:
         plan = [(kind, cfg.iterations, cfg.lr)]
-    loaded = None if kind == "dip" else load_generator(cfg.generator, attack.device, trust_code=attack.trust_code,
+    needs = P.PARAMETERIZATIONS[kind].needs_generator
+    loaded = None if not needs else load_generator(cfg.generator, attack.device, trust_code=attack.trust_code,
                                                        allow_legacy=attack.allow_legacy)
     return invert(attack, observation, loaded, plan, progress)[0]
 
@@ -170,21 +170,12 @@ def invert(attack, observation: Observation, loaded: LoadedGenerator | None, pla
     total_its = sum(n for _, n, _ in plan)
     offset, phase = 0, None
     for kind, n, lr in plan:
-        if kind != "dip" and G is None:
+        info = P.PARAMETERIZATIONS[kind]
+        if info.needs_generator and G is None:
             raise ConfigError(f"parameterization '{kind}' needs a generator")
         if phase is not None and "z" in phase.param.theta:
             z = phase.param.theta["z"]
-        if kind == "dip":
-            factory = lambda: DeepImagePrior(channels=c, image_size=(h, w))  # noqa: E731
-            param = P.dip(factory, R, B, norm, attack.seed, device)
-        elif kind == "latent":
-            param = P.latent(G, z, norm)
-        elif kind == "generator":
-            param = P.generator(G, z, norm)
-        elif kind == "gias":
-            param = P.gias(G, z, norm)
-        else:  # pragma: no cover - MatchingConfig validates the name
-            raise ConfigError(f"unknown parameterization '{kind}'")
+        param = info.build(P.RenderContext(G, z, norm, R, B, (c, h, w), attack.seed, device))
         phase = _Phase(attack, objective, param, label_param, joint, setup.extra_regularizers)
         phase.run(n, lr, progress, offset, total_its, history)
         label_param = phase.label_param

@@ -34,7 +34,43 @@ from torch.func import functional_call, vmap
 from .generators import DeepImagePrior, to_pixels
 
 Tree = dict[str, torch.Tensor]
-PARAMETERIZATIONS = ("pixels", "latent", "generator", "gias", "dip")
+
+
+@dataclass
+class RenderContext:
+    """What a parameterization is built from: the generator (or None), the current latents z [R, B, d] (or
+    None), the normaliser, restarts R, batch size B, the image shape, the seed and the device."""
+
+    G: nn.Module | None
+    z: torch.Tensor | None
+    norm: Callable[[torch.Tensor], torch.Tensor]
+    restarts: int
+    batch: int
+    shape: tuple[int, int, int]
+    seed: int
+    device: torch.device
+
+
+@dataclass(frozen=True)
+class ParameterizationInfo:
+    """A registered parameterization: its builder and whether it needs a generator prior."""
+
+    name: str
+    build: Callable[[RenderContext], "Parameterized"] | None
+    needs_generator: bool
+
+
+#: name -> declaration, filled by :func:`register_parameterization` on each builder ("pixels" is the engine's
+#: own: the images themselves)
+PARAMETERIZATIONS: dict[str, ParameterizationInfo] = {"pixels": ParameterizationInfo("pixels", None, False)}
+
+
+def register_parameterization(name: str, *, needs_generator: bool):
+    """Decorator on ``build(ctx: RenderContext) -> Parameterized``: the parameterization ``name``."""
+    def decorate(build):
+        PARAMETERIZATIONS[name] = ParameterizationInfo(name, build, needs_generator)
+        return build
+    return decorate
 
 
 @dataclass
@@ -130,3 +166,26 @@ def dip(prior_factory: Callable[[], DeepImagePrior], R: int, B: int, norm, seed:
         return norm(functional_call(template, (theta, buffers), (const["input"],)))
 
     return Parameterized(theta, {"input": torch.stack(inputs)}, render)
+
+
+# ------------------------------------------------------------------------------------------ registrations
+@register_parameterization("latent", needs_generator=True)
+def _latent(ctx: RenderContext) -> Parameterized:
+    return latent(ctx.G, ctx.z, ctx.norm)
+
+
+@register_parameterization("generator", needs_generator=True)
+def _generator(ctx: RenderContext) -> Parameterized:
+    return generator(ctx.G, ctx.z, ctx.norm)
+
+
+@register_parameterization("gias", needs_generator=True)
+def _gias(ctx: RenderContext) -> Parameterized:
+    return gias(ctx.G, ctx.z, ctx.norm)
+
+
+@register_parameterization("dip", needs_generator=False)
+def _dip(ctx: RenderContext) -> Parameterized:
+    c, h, w = ctx.shape
+    return dip(lambda: DeepImagePrior(channels=c, image_size=(h, w)), ctx.restarts, ctx.batch, ctx.norm, ctx.seed,
+               ctx.device)
