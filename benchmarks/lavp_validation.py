@@ -41,6 +41,7 @@ import torch
 
 from gradaudit.data import load_dataset
 from gradaudit.evaluation.lavp_validation import validate_proxies
+from gradaudit.report.validation import validation_markdown, write_validation
 
 LENET = dict(model="lenet", kwargs={}, optimizers={"l2": "lbfgs", "cosine": "lbfgs"}, local_steps=100)
 CONVNET = dict(model="convnet", kwargs={"norm": "none"}, method="lanczos", which=("max",),
@@ -73,7 +74,7 @@ def run_setting(name: str, n: int, n_boot: int, seed: int, out: Path | None, log
                            method=s["method"], n_boot=n_boot, local_steps=s["local_steps"], progress=progress)
     title = f"{name}: {s['dataset']} / {s['model']}{' ' + json.dumps(s['kwargs']) if s['kwargs'] else ''}"
     if out is not None:
-        res.write(out / name, title=title)
+        write_validation(res, out / name, title=title)
     return res, title
 
 
@@ -85,8 +86,8 @@ def render(out: Path, names: list[str]) -> None:
         res = load_validation(out / name)
         s = SETTINGS[name]
         title = f"{name}: {s['dataset']} / {s['model']}{' ' + json.dumps(s['kwargs']) if s['kwargs'] else ''}"
-        (out / name / "validation.md").write_text(res.markdown(title))
-        sections.append(res.markdown(title))
+        (out / name / "validation.md").write_text(validation_markdown(res, title))
+        sections.append(validation_markdown(res, title))
         total += res.meta["seconds"]["total"]
     (out / "summary.md").write_text("\n".join(sections) + f"\nSum of the settings' study times: {total:.0f} s.\n")
     print((out / "summary.md").read_text())
@@ -127,7 +128,7 @@ def main() -> None:
         sec = res.meta["seconds"]
         per = {k: round(v / n, 2) for k, v in sec.items()}
         print(f"{name}: n={n}, {time.perf_counter() - ts:.0f} s, per sample: {per}", flush=True)
-        sections.append(res.markdown(title))
+        sections.append(validation_markdown(res, title))
     total = time.perf_counter() - t0
     print(f"total {total:.0f} s", flush=True)
     if not args.measure:

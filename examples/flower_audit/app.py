@@ -301,7 +301,7 @@ def main(argv=None) -> int:
         return 0
     from gradaudit.report.audit import format_leakage, leakage_table, round_table, write_audit_report
     from gradaudit.integrations.audit import AuditStore
-    from gradaudit.evaluation.analysis import to_markdown
+    from gradaudit.report.tables import to_markdown
     from gradaudit.report.audit import ROUND_COLUMNS
 
     out = Path(args.out)

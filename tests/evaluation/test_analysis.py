@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 
 from gradaudit.errors import ConfigError
 from gradaudit.evaluation import analysis as A
+from gradaudit.report.tables import write_tables
 from gradaudit.evaluation.store import CellRow, ResultsStore, UtilityRow
 
 CFG = {"data": {"name": "embedded"}, "model": {"name": "lenet"}}
@@ -144,7 +145,7 @@ def test_best_reconstruction_per_defense_is_the_highest_psnr_cell(store):
 
 
 def test_write_tables_markdown_and_csv(store, tmp_path):
-    paths = A.write_tables(store, tmp_path / "tables")
+    paths = write_tables(store, tmp_path / "tables")
     assert set(paths) == {f"{n}_{e}" for n in ("strongest_attack", "privacy_utility", "utility") for e in ("md", "csv")}
     md = paths["strongest_attack_md"].read_text().splitlines()
     assert md[0].startswith("| defense | family | strength | B | strongest attack | PSNR (dB, max) |")
@@ -169,7 +170,7 @@ def test_write_tables_markdown_and_csv(store, tmp_path):
 def test_empty_store_gives_empty_tables(tmp_path):
     with ResultsStore(tmp_path) as s:
         assert A.strongest_attack_table(s) == [] and A.privacy_utility_points(s) == []
-        paths = A.write_tables(s, tmp_path / "t")
+        paths = write_tables(s, tmp_path / "t")
     assert paths["strongest_attack_md"].read_text().count("\n") == 2  # header and alignment only
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from gradaudit.errors import ConfigError
+from gradaudit.report.validation import validation_markdown, write_validation
 from gradaudit.evaluation.lavp_validation import (QUALITY_SIGN, ValidationResult, attack_configs, correlate,
                                           load_validation, oriented_quality, paired_delta, validate_proxies)
 
@@ -60,7 +61,7 @@ def test_correlations_bounded_with_ordered_cis(tiny: ValidationResult):
 
 
 def test_outputs_written(tiny: ValidationResult, tmp_path):
-    files = tiny.write(tmp_path, title="tiny")
+    files = write_validation(tiny, tmp_path, title="tiny")
     rows = list(csv.DictReader(files["validation"].open()))
     assert len(rows) == 3 and "cosine_max" in rows[0] and "l2_psnr" in rows[0]
     corr = list(csv.DictReader(files["correlations"].open()))
@@ -68,7 +69,7 @@ def test_outputs_written(tiny: ValidationResult, tmp_path):
     md = files["tables"].read_text()
     assert "| proxy | MSE (L2) | PSNR (L2) | SSIM (L2) |" in md and "| l2_max |" in md and "local" in md
     # the saved files give the same tables back
-    assert load_validation(tmp_path).markdown("tiny") == md
+    assert validation_markdown(load_validation(tmp_path), "tiny") == md
 
 
 def test_orientation_on_synthetic_proxies():

@@ -43,7 +43,8 @@ def bounds(
     from rich.progress import Progress
     from rich.table import Table
 
-    from ..theory.two_layer import (BoundsConfig, dropout_equivalence, run_bounds, write_outputs)
+    from ..report.bounds import write_bounds
+    from ..theory.two_layer import BoundsConfig, dropout_equivalence, run_bounds
 
     cfg = BoundsConfig.full() if full else BoundsConfig()
     overrides = {"d_values": _floats(d_values, "d"), "width_values": _floats(width_values, "m"),
@@ -92,7 +93,7 @@ def bounds(
         for p, eff, err, match in dropout_equivalence(result, k):
             drop.add_row(k, f"{p:g}", f"{eff:g}", f"{err:.3g}", "-" if match is None else f"{match:.3g}")
     console.print(drop)
-    paths = write_outputs(result, out)
+    paths = write_bounds(result, out)
     console.print(f"{len(result.rows)} points x {cfg.seeds} seeds in {result.seconds:.1f} s. Files: "
                   + ", ".join(str(p) for p in paths.values()), markup=False, soft_wrap=True)
 

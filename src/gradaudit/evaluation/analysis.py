@@ -8,7 +8,7 @@
 * :func:`privacy_utility_points`: joins those rows with the utility table: utility loss = final training loss with
   the defense - final training loss without (seed 002 Table 5), accuracy drop likewise; one point per (defense,
   strength, batch size), the points of seed 002 Fig. 3.
-* :func:`write_tables`: both tables (and the raw utility table) as Markdown and CSV.
+The tables are written by :mod:`gradaudit.report.tables` (Markdown and CSV; the columns are declared here).
 
 A defense string is the ``describe()`` form the client records: ``none``, ``prune:0.9``, ``noise:0.01``,
 ``dpsgd:C=1,sigma=1.1``; a chain joins them with `` + `` (as the sweep writes them). :func:`parse_defense_label`
@@ -20,14 +20,11 @@ from each cell's config when it says), and utility rows are joined within the sa
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, Iterable, Optional
+from dataclasses import dataclass, field
+from typing import Any, Optional
 
 from ..defenses.registry import defense_strength
 from ..errors import ConfigError, GradauditError
@@ -364,80 +361,3 @@ UTILITY_COLUMNS: list[tuple[str, str, str]] = [
     ("test acc", "test_accuracy", ".3f"), ("acc drop", "accuracy_drop", "+.3f"), ("rounds", "rounds", "s"),
     ("B", "batch_size", "s"), ("seconds", "seconds", ".1f"),
 ]
-
-
-def _get(row: Any, name: str) -> Any:
-    return row.get(name) if isinstance(row, dict) else getattr(row, name)
-
-
-def format_value(value: Any, fmt: str) -> str:
-    """A cell of a human-readable table: '-' for missing, numbers with ``fmt``."""
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "-"
-    if fmt == "s" or isinstance(value, str):
-        return str(value)
-    try:
-        return format(value, fmt)
-    except (TypeError, ValueError):
-        return str(value)
-
-
-def drop_empty_setting(columns: list[tuple[str, str, str]], rows: Iterable[Any]) -> list[tuple[str, str, str]]:
-    """Hide the setting column when every row shares one setting."""
-    settings = {_get(r, "setting") for r in rows} if any(c[1] == "setting" for c in columns) else set()
-    return [c for c in columns if not (c[1] == "setting" and len(settings) <= 1)]
-
-
-def to_markdown(rows: list[Any], columns: list[tuple[str, str, str]]) -> str:
-    def esc(s: str) -> str:
-        return s.replace("|", "\\|")
-    header = "| " + " | ".join(c[0] for c in columns) + " |"
-    align = "| " + " | ".join("---" if c[2] == "s" else "---:" for c in columns) + " |"
-    lines = [header, align]
-    for r in rows:
-        lines.append("| " + " | ".join(esc(format_value(_get(r, c[1]), c[2])) for c in columns) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def to_csv(rows: list[Any], columns: list[tuple[str, str, str]]) -> str:
-    """Machine-readable: field names as headers, full-precision numbers, empty for missing."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow([c[1] for c in columns])
-    for r in rows:
-        vals = []
-        for c in columns:
-            v = _get(r, c[1])
-            vals.append("" if v is None or (isinstance(v, float) and not math.isfinite(v)) else
-                        (repr(v) if isinstance(v, float) else v))
-        w.writerow(vals)
-    return buf.getvalue()
-
-
-def write_tables(store: ResultsStore, out_dir: str | Path, metric: str = "psnr") -> dict[str, Path]:
-    """Write strongest_attack.{md,csv}, privacy_utility.{md,csv} and utility.{md,csv}; return their paths."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    table = strongest_attack_table(store, metric)
-    points = privacy_utility_points(store, metric, table=table)
-    util = utility_losses(store)
-    paths = {}
-    for name, rows, cols, extra in (
-            ("strongest_attack", table, STRONGEST_COLUMNS, [("psnr attack", "psnr_attack", "s"),
-                                                            ("rmse attack", "rmse_attack", "s"),
-                                                            ("lpips attack", "lpips_attack", "s")]),
-            ("privacy_utility", points, POINT_COLUMNS, [("strength value", "strength_value", "g"),
-                                                        ("lpips", "lpips", "g"),
-                                                        ("baseline loss", "baseline_train_loss", "g"),
-                                                        ("baseline acc", "baseline_accuracy", "g"),
-                                                        ("utility key", "utility_key", "s")]),
-            ("utility", util, UTILITY_COLUMNS, [("key", "key", "s")])):
-        md_cols = drop_empty_setting(cols, rows)
-        (out / f"{name}.md").write_text(to_markdown(rows, md_cols), encoding="utf-8")
-        (out / f"{name}.csv").write_text(to_csv(rows, cols + extra), encoding="utf-8")
-        paths[f"{name}_md"], paths[f"{name}_csv"] = out / f"{name}.md", out / f"{name}.csv"
-    return paths
-
-
-def as_dict(row: Any) -> dict[str, Any]:
-    return asdict(row)

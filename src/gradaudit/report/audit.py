@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..errors import ConfigError
-from ..evaluation.analysis import format_value, to_csv, to_markdown
 from ..checks import STORE_NAME
 from ..data.image_grid import save_reconstruction_grid
+from .tables import format_value, to_csv, to_markdown
 from .html import _CSP, _SCRIPT, _STYLE, MAX_GRID_IMAGES, _e, _img
 from ..integrations.audit import AuditRow, AuditStore
 

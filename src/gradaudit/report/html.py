@@ -22,12 +22,12 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from ..evaluation.analysis import (POINT_COLUMNS, STRONGEST_COLUMNS, UTILITY_COLUMNS, BestCell,
-                                   best_reconstructions, drop_empty_setting, format_value,
-                                   privacy_utility_points, strongest_attack_table, utility_losses, write_tables)
 from ..checks import check_existing_run_dir, check_output_dir, check_output_files
-from ..evaluation.store import ResultsStore
 from ..data.image_grid import save_reconstruction_grid
+from ..evaluation.analysis import (POINT_COLUMNS, STRONGEST_COLUMNS, UTILITY_COLUMNS, BestCell, best_reconstructions,
+                                   privacy_utility_points, strongest_attack_table, utility_losses)
+from ..evaluation.store import ResultsStore
+from .tables import drop_empty_setting, format_value, write_tables
 from .plots import X_LABEL, Y_LABEL, privacy_utility_plot, strongest_attack_plot, utility_curves_plot
 
 REPORT_NAME = "report.html"
