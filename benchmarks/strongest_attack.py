@@ -33,6 +33,7 @@ import torch
 
 from gradaudit.attacks import build_attack
 from gradaudit.data import load_dataset
+from gradaudit.data.sampling import class_spread
 from gradaudit.evaluation.cell import selection_regret
 from gradaudit.evaluation.victims import write_victim
 from gradaudit.metrics import score_reconstruction
@@ -70,18 +71,8 @@ CELLS = [
 
 
 def pick_images(ds, n: int, seed: int) -> list[int]:
-    """n indices spread over the classes (round-robin over classes in a seeded order)."""
-    g = torch.Generator().manual_seed(seed)
-    by_class: dict[int, list[int]] = {}
-    for i in torch.randperm(len(ds), generator=g).tolist():
-        by_class.setdefault(int(ds.labels[i]), []).append(i)
-    out, k = [], 0
-    while len(out) < n:
-        for c in sorted(by_class):
-            if k < len(by_class[c]) and len(out) < n:
-                out.append(by_class[c][k])
-        k += 1
-    return out
+    """n indices spread over the classes (gradaudit.data.sampling.class_spread)."""
+    return class_spread(ds.labels, n, seed)
 
 
 def victim_weights(cell: Cell, folder: Path) -> Path | None:

@@ -27,6 +27,7 @@ import torch
 from gradaudit.attacks.matching.engine import GradientMatchingAttack
 from gradaudit.attacks.matching.tuning import consensus_scores
 from gradaudit.data import load_dataset
+from gradaudit.data.sampling import class_spread
 from gradaudit.metrics.image import psnr, ssim
 from gradaudit.models import ModelSpec, build_model
 from gradaudit.threat import Client, DataSpec, ServerKnowledge
@@ -35,18 +36,8 @@ DEFAULT_TV = [1e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0]
 
 
 def pick_images(ds, n: int, seed: int) -> list[int]:
-    """n indices spread over the classes (one per class, then round-robin), fixed by ``seed``."""
-    g = torch.Generator().manual_seed(seed)
-    by_class: dict[int, list[int]] = {}
-    for i in torch.randperm(len(ds), generator=g).tolist():
-        by_class.setdefault(int(ds.labels[i]), []).append(i)
-    out, k = [], 0
-    while len(out) < n:
-        for c in sorted(by_class):
-            if k < len(by_class[c]) and len(out) < n:
-                out.append(by_class[c][k])
-        k += 1
-    return out
+    """n indices spread over the classes (gradaudit.data.sampling.class_spread)."""
+    return class_spread(ds.labels, n, seed)
 
 
 def observe(ds, model: str, kwargs: dict, index: int, seed: int, batch: int = 1, weights: str | None = None):
