@@ -48,12 +48,46 @@ class ModelConfig(_Strict):
 
 
 class ThreatConfig(_Strict):
+    """What the client does and what the server knows. FedAvg clients take ``local_steps`` full-batch steps, or,
+    with ``local_batch_size``, ``local_epochs`` passes over their data in minibatches in a private order;
+    ``local_momentum`` / ``local_weight_decay`` as ``torch.optim.SGD`` (unset: 0; unset options stay out of a
+    sweep cell's key, :func:`gradaudit.evaluation.sweep.canonical_json`)."""
+
     batch_size: int = Field(default=1, ge=1)
     protocol: Literal["fedsgd", "fedavg"] = "fedsgd"
     local_steps: int = Field(default=1, ge=1)
     local_lr: float = Field(default=0.01, gt=0)
+    local_epochs: Optional[int] = Field(default=None, ge=1)
+    local_batch_size: Optional[int] = Field(default=None, ge=1)
+    local_momentum: Optional[float] = Field(default=None, ge=0, lt=1)
+    local_weight_decay: Optional[float] = Field(default=None, ge=0)
     labels_known: bool = False
     bn_statistics_known: bool = False
+
+    @model_validator(mode="after")
+    def _local(self) -> "ThreatConfig":
+        extra = [k for k in ("local_epochs", "local_batch_size", "local_momentum", "local_weight_decay")
+                 if getattr(self, k) is not None]
+        if self.protocol == "fedsgd" and extra:
+            raise ValueError(f"threat.{extra[0]} describes FedAvg local training; set threat.protocol: fedavg")
+        self.local_training()  # the combination is checked here, before any work
+        return self
+
+    def local_training(self):
+        """The FedAvg clients' :class:`~gradaudit.threat.local_training.LocalTraining` (None for FedSGD)."""
+        from .threat.local_training import LocalTraining
+
+        if self.protocol == "fedsgd":
+            return None
+        return LocalTraining(self.local_lr, steps=self.local_steps, epochs=self.local_epochs or 1,
+                             batch_size=self.local_batch_size, momentum=self.local_momentum or 0.0,
+                             weight_decay=self.local_weight_decay or 0.0)
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of :class:`~gradaudit.threat.Client` for this threat model's local training."""
+        return {"protocol": self.protocol, "local_steps": self.local_steps, "local_lr": self.local_lr,
+                "local_epochs": self.local_epochs or 1, "local_batch_size": self.local_batch_size,
+                "momentum": self.local_momentum or 0.0, "weight_decay": self.local_weight_decay or 0.0}
 
 
 class AttackConfig(BaseModel):

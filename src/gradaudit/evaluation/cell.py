@@ -166,9 +166,8 @@ def observe(run: PreparedRun) -> tuple[Observation, torch.Tensor, torch.Tensor]:
     observations, images, labels = [], [], []
     for i, batch in enumerate(batches):  # the attacked client first, then the others of a secure aggregate
         x, y = run.dataset.batch(batch)
-        client = Client(model, run.spec, data, protocol=cfg.threat.protocol, local_steps=cfg.threat.local_steps,
-                        local_lr=cfg.threat.local_lr, transforms=run.defenses, knowledge=knowledge,
-                        seed=cfg.seed if i == 0 else cfg.seed * 1009 + i)
+        client = Client(model, run.spec, data, transforms=run.defenses, knowledge=knowledge,
+                        seed=cfg.seed if i == 0 else cfg.seed * 1009 + i, **cfg.threat.client_kwargs())
         observations.append(client.share(x, y))
         images.append(x)
         labels.append(y)

@@ -48,9 +48,8 @@ def aggregate(observations: Sequence[Observation], num_clients: int | None = Non
             what = f"theta_0 (parameter '{name}')"
         elif (name := _same_tensors(o.buffers, first.buffers)) is not None:
             what = f"buffers (buffer '{name}')"
-        elif (o.update_kind, o.local_steps, o.local_lr) != (first.update_kind, first.local_steps, first.local_lr):
-            what = (f"protocol ({o.update_kind}, K={o.local_steps}, lr={o.local_lr}) vs "
-                    f"({first.update_kind}, K={first.local_steps}, lr={first.local_lr})")
+        elif _protocol(o) != _protocol(first):
+            what = f"protocol {_protocol(o)} vs {_protocol(first)}"
         elif list(o.defenses) != list(first.defenses):
             what = f"defenses {o.defenses} vs {first.defenses}"
         if what is not None:
@@ -67,8 +66,29 @@ def aggregate(observations: Sequence[Observation], num_clients: int | None = Non
     return Observation(
         model=first.model, parameters={k: v.clone() for k, v in first.parameters.items()}, update=update,
         batch_size=total, data=first.data, buffers={k: v.clone() for k, v in first.buffers.items()},
-        update_kind=first.update_kind, local_steps=first.local_steps, local_lr=first.local_lr, labels=labels,
+        update_kind=first.update_kind, local_steps=first.local_steps, local_lr=first.local_lr,
+        local_epochs=first.local_epochs, local_batch_size=_aggregate_batch_size(obs),
+        local_momentum=first.local_momentum, local_weight_decay=first.local_weight_decay, labels=labels,
         bn_statistics=None, defenses=list(first.defenses) + [secagg.describe()], extras=extras)
+
+
+def _protocol(o: Observation) -> tuple:
+    return (o.update_kind, o.local_steps, o.local_lr, o.local_epochs, o.local_batch_size, o.local_momentum,
+            o.local_weight_decay)
+
+
+def _aggregate_batch_size(obs: list[Observation]) -> int | None:
+    """The aggregate seen as one client: N clients' minibatches of b side by side are minibatches of N b (exact
+    in the count of steps, the server's model of it; refused where the clients' step counts would differ)."""
+    first = obs[0]
+    b = first.local_batch_size
+    if first.update_kind != "local_update" or b is None or b >= first.batch_size:
+        return b
+    if any(o.batch_size != first.batch_size for o in obs) or first.batch_size % b:
+        raise ObservationError("secure aggregation of minibatch FedAvg clients is modelled for clients of one "
+                               f"data size divisible by the local batch size; got sizes "
+                               f"{[o.batch_size for o in obs]} with local batch size {b}")
+    return b * len(obs)
 
 
 __all__ = ["aggregate"]

@@ -26,6 +26,7 @@ from torch import nn
 from ..checked_files import pair_paths, read_checked, write_checked
 from ..errors import ConfigError, ObservationError
 from ..models.registry import ModelSpec
+from .local_training import LocalTraining
 
 UpdateKind = Literal["gradient", "local_update"]
 FORMAT_VERSION = 1
@@ -70,7 +71,10 @@ class Observation:
             theta_0 - theta_K (``"local_update"``).
         batch_size: B, the number of private samples behind the update.
         data: normalisation of the inputs.
-        local_steps, local_lr: K and lr of FedAvg local training (K=1 and lr=None for FedSGD).
+        local_steps, local_lr: K (every SGD step) and lr of FedAvg local training (K=1 and lr=None for FedSGD).
+        local_epochs, local_batch_size, local_momentum, local_weight_decay: the rest of the client's local
+            SGD (:class:`~.local_training.LocalTraining`): E epochs of minibatches of size b in an order the
+            server does not know (b None: K full-batch steps), momentum and weight decay as ``torch.optim.SGD``.
         labels: the private labels, when the threat model grants them (else None).
         bn_statistics: per BN layer (mean, biased variance) of the private batch at that layer's input,
             in forward order, when granted (else None).
@@ -87,6 +91,10 @@ class Observation:
     update_kind: UpdateKind = "gradient"
     local_steps: int = 1
     local_lr: float | None = None
+    local_epochs: int = 1
+    local_batch_size: int | None = None
+    local_momentum: float = 0.0
+    local_weight_decay: float = 0.0
     labels: torch.Tensor | None = None
     bn_statistics: list[tuple[torch.Tensor, torch.Tensor]] | None = None
     defenses: list[str] = field(default_factory=list)
@@ -114,6 +122,14 @@ class Observation:
             raise ObservationError(f"update_kind must be 'gradient' or 'local_update', got '{self.update_kind}'")
         if self.update_kind == "local_update" and (self.local_lr is None or self.local_steps < 1):
             raise ObservationError("a local_update observation needs local_steps >= 1 and local_lr")
+        if self.update_kind == "local_update":
+            try:
+                training = self.local_training
+            except ConfigError as e:
+                raise ObservationError(f"local training: {e}") from None
+            if training.total_steps(self.batch_size) != self.local_steps:
+                raise ObservationError(f"local_steps is {self.local_steps} but {training.describe(self.batch_size)} "
+                                       f"on {self.batch_size} samples takes {training.total_steps(self.batch_size)}")
         missing = [k for k in self.parameters if k not in self.update]
         if missing:
             raise ObservationError(f"update has no entry for parameter '{missing[0]}'")
@@ -174,6 +190,16 @@ class Observation:
                                        f"model expects {tuple(b.shape)}")
 
     @property
+    def local_training(self) -> LocalTraining:
+        """The client's local SGD (FedAvg observations only)."""
+        if self.update_kind != "local_update":
+            raise ObservationError("a FedSGD observation has no local training")
+        minibatch = self.local_batch_size is not None
+        return LocalTraining(float(self.local_lr), steps=1 if minibatch else self.local_steps,
+                             epochs=self.local_epochs, batch_size=self.local_batch_size,
+                             momentum=self.local_momentum, weight_decay=self.local_weight_decay)
+
+    @property
     def gradient_estimate(self) -> dict[str, torch.Tensor]:
         """The update expressed as a mean gradient: g* itself, or (theta_0 - theta_K) / (K lr) for FedAvg."""
         if self.update_kind == "gradient":
@@ -186,7 +212,8 @@ class Observation:
         return Observation(
             model=self.model, parameters=mv(self.parameters), update=mv(self.update), batch_size=self.batch_size,
             data=self.data, buffers=mv(self.buffers), update_kind=self.update_kind, local_steps=self.local_steps,
-            local_lr=self.local_lr, labels=None if self.labels is None else self.labels.to(device),
+            local_lr=self.local_lr, local_epochs=self.local_epochs, local_batch_size=self.local_batch_size,
+            local_momentum=self.local_momentum, local_weight_decay=self.local_weight_decay, labels=None if self.labels is None else self.labels.to(device),
             bn_statistics=None if self.bn_statistics is None else
             [(m.to(device), v.to(device)) for m, v in self.bn_statistics],
             defenses=list(self.defenses), extras=dict(self.extras), legacy=self.legacy)
@@ -197,6 +224,8 @@ class Observation:
             "format": "gradaudit-observation", "version": FORMAT_VERSION,
             "model": self.model.to_dict(), "data": self.data.to_dict(), "batch_size": self.batch_size,
             "update_kind": self.update_kind, "local_steps": self.local_steps, "local_lr": self.local_lr,
+            "local_epochs": self.local_epochs, "local_batch_size": self.local_batch_size,
+            "local_momentum": self.local_momentum, "local_weight_decay": self.local_weight_decay,
             "labels_known": self.labels is not None, "bn_statistics_known": self.bn_statistics is not None,
             "num_bn_layers": 0 if self.bn_statistics is None else len(self.bn_statistics),
             "defenses": list(self.defenses), "extras": self.extras,
@@ -292,7 +321,13 @@ def _from_files(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any], tru
         data=DataSpec.from_dict(_field(meta, "data", (dict,))),
         update_kind=_field(meta, "update_kind", (str,), default="gradient"),
         local_steps=_field(meta, "local_steps", (int,), default=1),
-        local_lr=None if local_lr is None else float(local_lr), labels=tensors.get("labels"), bn_statistics=bn,
+        local_lr=None if local_lr is None else float(local_lr),
+        local_epochs=_field(meta, "local_epochs", (int,), default=1),
+        local_batch_size=_field(meta, "local_batch_size", (int, type(None)), default=None),
+        local_momentum=_number(_field(meta, "local_momentum", (int, float), default=0.0), "local_momentum"),
+        local_weight_decay=_number(_field(meta, "local_weight_decay", (int, float), default=0.0),
+                                   "local_weight_decay"),
+        labels=tensors.get("labels"), bn_statistics=bn,
         defenses=list(_field(meta, "defenses", (list,), default=[])),
         extras=dict(_field(meta, "extras", (dict,), default={})))
 

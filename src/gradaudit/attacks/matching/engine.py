@@ -238,6 +238,14 @@ class MatchingSetup:
     #: the candidate settings this attack runs on this observation
     candidates: list[Candidate] = field(default_factory=list)
     family: str = "plain"
+    #: image variables per member (default: the observation's batch size; attacks that optimise several
+    #: copies of the batch, e.g. one per FedAvg epoch, say how many)
+    batch: int | None = None
+    #: starting logits [batch, K] of jointly learnt soft labels (default: a standard normal draw)
+    label_init: torch.Tensor | None = None
+    #: (images [batch, ...], labels) -> (the reconstructed batch [B, ...], its labels), applied to what the
+    #: attack returns (e.g. the consensus of the epoch copies); default: as optimised
+    finish: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def member_regularizers(self, candidate: Candidate) -> dict[str, float]:
         """A candidate's regulariser weights with the attack's extra ones (:meth:`~GradientMatchingAttack.
@@ -410,13 +418,15 @@ class GradientMatchingAttack(Attack):
 
     def _population(self, s: MatchingSetup, candidates: list[Candidate]) -> Population:
         cfg, obs = self.config, s.observation
-        R, B = cfg.restarts, obs.batch_size
+        R, B = cfg.restarts, s.batch or obs.batch_size
         c, h, w = obs.model.input_shape
         gen = torch.Generator().manual_seed(self.seed)
         x = initial_pixels(candidates, R, (B, c, h, w), self.seed, s.lo, s.hi, gen).to(self.device)
         cand, rest = members(candidates, R)
         joint = s.labels is None
-        if joint:
+        if joint and s.label_init is not None:
+            labels = s.label_init.to(self.device, torch.float32).expand(len(cand), B, -1).contiguous()
+        elif joint:
             labels = torch.randn(R, B, obs.model.num_classes, generator=gen).to(self.device)[rest.to(self.device)]
         else:
             labels = s.labels.view(1, B).expand(len(cand), B).contiguous()
@@ -550,6 +560,8 @@ class GradientMatchingAttack(Attack):
             a = result.archive[winner]
             x, labels, loss = a.x, a.labels, a.score
             restart_losses = [float(pop.best_score[i]) for i, k in enumerate(pop.candidate.tolist()) if k == winner]
+        finish = s.finish or (lambda x_, y_: (x_, y_))
+        x, labels = finish(x, labels)
         out_labels = labels.argmax(-1) if pop.joint else labels
         info: dict[str, Any] = {**asdict(cfg), "seed": self.seed}
         chosen = candidates[winner]
@@ -561,8 +573,9 @@ class GradientMatchingAttack(Attack):
             restart_losses=restart_losses, history=result.history, iterations=result.iterations,
             seconds=seconds, label_source=s.label_source, config=info)
         if len(candidates) > 1:
-            rec.candidates = {k: (to_pixels(a.x, obs), (a.labels.argmax(-1) if pop.joint else a.labels))
-                              for k, a in result.archive.items()}
+            done = {k: finish(a.x.to(self.device), a.labels.to(self.device)) for k, a in result.archive.items()}
+            rec.candidates = {k: (to_pixels(x_, obs), (y_.argmax(-1) if pop.joint else y_).detach().cpu())
+                              for k, (x_, y_) in done.items()}
         return rec
 
     def _restore_contrast(self, s: MatchingSetup, pop: Population, result: LoopResult) -> None:

@@ -3,7 +3,8 @@
     J(x; a, w) = sum_d a_d D_d(u_F(x, y), u*_F) + sum_r w_r R_r(x) + sum_e e(x)
 
 u(x, y) is the update a candidate batch would produce under the observed protocol (the FedSGD mean gradient,
-or theta_0 - theta_K from K unrolled local SGD steps), D_d the distances of :mod:`.distances` and R_r the
+or theta_0 - theta_K from K unrolled full-batch local SGD steps, with the client's momentum and weight decay:
+the full-batch simplification of FedAvg; :mod:`gradaudit.attacks.matching.fedavg` models its minibatches), D_d the distances of :mod:`.distances` and R_r the
 regularisers of :mod:`.regularizers`. The weights a (over distances) and w (over regularisers) are
 *arguments*, so one ``torch.func.vmap`` call evaluates a whole population whose members weigh the terms
 differently (the self-tuning attack's candidates, :mod:`.population`).
@@ -25,6 +26,7 @@ import torch
 from torch.func import grad
 
 from ...errors import ConfigError
+from ...threat.local_training import LocalTraining, sgd_step
 from ...threat.observation import Observation
 from .distances import cosine_distance, get_distance
 from .regularizers import RegularizerContext, get_regularizer
@@ -93,6 +95,10 @@ class MatchingObjective:
         self.target = [observation.update[n].to(device, torch.float32) for n in self.names]
         self.local = observation.update_kind == "local_update"
         self.steps, self.local_lr = observation.local_steps, observation.local_lr
+        self.training = None
+        if self.local:  # every one of the K steps on the whole batch
+            t = observation.local_training
+            self.training = LocalTraining(t.lr, steps=self.steps, momentum=t.momentum, weight_decay=t.weight_decay)
         self.bn_targets = list(bn_targets)
         self.first_bn_weight = float(first_bn_weight)
         self.extra = list(extra)
@@ -117,11 +123,11 @@ class MatchingObjective:
         if not self.local:
             g, stats = param_grad(victim.loss, params, x, y)
             return [g[n] for n in names], stats
-        p, stats = params, None
+        p, stats, buf = params, None, None
         for _ in range(self.steps):  # unrolled FedAvg local training, differentiable in x
             g, st = param_grad(victim.loss, p, x, y)
             stats = st if stats is None else stats
-            p = {n: p[n] - self.local_lr * g[n] for n in names}
+            p, buf = sgd_step(p, g, self.training, buf)
         return [params[n] - p[n] for n in names], stats
 
     # ---------------------------------------------------------------------------------- objective
