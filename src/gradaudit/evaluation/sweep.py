@@ -133,6 +133,9 @@ class SweepConfig(_Strict):
     batch_sizes: list[int] = Field(default_factory=list)
     samples: Optional[int] = Field(default=None, ge=1)
     seeds: Optional[list[int]] = None
+    #: explicit private batches (dataset indices of ``base.data``'s split), one sample each, instead of
+    #: ``batch_sizes`` x ``samples`` drawn by seed (a deployment audit attacks the samples it ranked at risk)
+    batches: Optional[list[list[int]]] = None
     retries: int = Field(default=1, ge=0)
     timeout_s: Optional[float] = Field(default=None, gt=0)
 
@@ -196,6 +199,8 @@ class SweepConfig(_Strict):
             self.samples = len(self.seeds)
         elif self.samples is None:
             self.samples = 1
+        if self.batches is not None:
+            self._check_batches()
         if not self.batch_sizes:
             self.batch_sizes = [base.threat.batch_size]
         if not self.attacks:
@@ -211,6 +216,24 @@ class SweepConfig(_Strict):
                     raise ConfigError(f"attacks[{i}] ({a.label}): '{key}' is an axis of the sweep; set it with "
                                       "the sweep's defenses / batch_sizes / samples / seeds instead")
         return self
+
+    def _check_batches(self) -> None:
+        if not self.batches or any(not b for b in self.batches):
+            raise ConfigError("batches: give at least one non-empty batch of dataset indices")
+        sizes = sorted({len(b) for b in self.batches})
+        if self.batch_sizes and sorted(self.batch_sizes) != sizes:
+            raise ConfigError("batches gives the private batches (their sizes too); leave batch_sizes out")
+        if any(len(set(b)) != len(b) or min(b) < 0 for b in self.batches):
+            raise ConfigError("batches: every batch lists distinct indices >= 0")
+        if self.seeds is None and self.samples not in (1, len(self.batches)):
+            raise ConfigError(f"samples is {self.samples} but batches lists {len(self.batches)} batches")
+        if self.seeds is not None and len(self.seeds) != len(self.batches):
+            raise ConfigError(f"seeds lists {len(self.seeds)} seeds for {len(self.batches)} batches")
+        self.samples = len(self.batches)
+        self.batch_sizes = sizes
+        for i, a in enumerate(self.attacks):
+            if any(k.startswith("data.indices") for k in a.overrides):
+                raise ConfigError(f"attacks[{i}] ({a.label}): 'data.indices' is set by the sweep's batches")
 
     # ------------------------------------------------------------------ helpers
     def sample_seeds(self) -> list[int]:
@@ -265,39 +288,51 @@ def cell_key(config: RunConfig) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- parsing
-def _model_at(loc: tuple) -> type[BaseModel]:
-    model: type[BaseModel] = SweepConfig
+def _model_at(loc: tuple, root: type[BaseModel] = None) -> type[BaseModel]:
+    model: type[BaseModel] = root or SweepConfig
     for part in loc:
         if isinstance(part, int):
             continue
-        field = model.model_fields.get(part)
+        field = model.model_fields.get(str(part))
         if field is None:
             break
-        ann = field.annotation
-        inner = getattr(ann, "__args__", None) or ()
-        for t in (ann, *inner):
-            if isinstance(t, type) and issubclass(t, BaseModel):
-                model = t
-                break
-        else:
+        inner = _inner_model(field.annotation)
+        if inner is None:
             break
+        model = inner
     return model
 
 
-def _format_error(err: ValidationError) -> str:
+def _inner_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _inner_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def format_validation_error(err: ValidationError, root: type[BaseModel], what: str) -> str:
+    """One line for the first error of a pydantic validation: the key's dotted place, a did-you-mean for an
+    unknown key (with the valid ones there), or the reason."""
     first = err.errors()[0]
     loc = tuple(first["loc"])
     where = "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else str(p)) for i, p in enumerate(loc))
     if first["type"] == "extra_forbidden":
-        fields = list(_model_at(loc[:-1]).model_fields)
+        fields = list(_model_at(loc[:-1], root).model_fields)
         close = difflib.get_close_matches(str(loc[-1]), fields, n=1, cutoff=0.6)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        return f"unknown sweep key '{where}'{hint}; valid here: {', '.join(fields)}"
+        return f"unknown {what} key '{where}'{hint}; valid here: {', '.join(fields)}"
     error = (first.get("ctx") or {}).get("error")
     if isinstance(error, GradauditError):
         return str(error)
-    prefix = f"invalid sweep value for '{where}': " if where else "invalid sweep: "
+    prefix = f"invalid {what} value for '{where}': " if where else f"invalid {what}: "
     return prefix + first["msg"]
+
+
+def _format_error(err: ValidationError) -> str:
+    return format_validation_error(err, SweepConfig, "sweep")
 
 
 def parse_sweep(data: Any) -> SweepConfig:
@@ -342,6 +377,13 @@ def _attack_config(base: dict[str, Any], entry: AttackEntry, index: int) -> dict
     return data
 
 
+def _samples(sweep: SweepConfig, seeds: list[int]):
+    """(batch size, sample, seed, indices or None) of every private batch of the sweep, in order."""
+    if sweep.batches is not None:
+        return [(len(b), s, seeds[s], b) for s, b in enumerate(sweep.batches)]
+    return [(bs, s, seed, None) for bs in sweep.batch_sizes for s, seed in enumerate(seeds)]
+
+
 def expand(sweep: SweepConfig | dict[str, Any]) -> list[Cell]:
     """Every cell of the sweep, in a fixed order (attack, defense, batch size, sample); no work is done."""
     sweep = parse_sweep(sweep)
@@ -351,26 +393,27 @@ def expand(sweep: SweepConfig | dict[str, Any]) -> list[Cell]:
     for ai, entry in enumerate(sweep.attacks):
         attack_data = _attack_config(sweep.base, entry, ai)
         for specs in sweep.defenses:
-            for bs in sweep.batch_sizes:
-                for s, seed in enumerate(seeds):
-                    data = copy.deepcopy(attack_data)
-                    data["defenses"] = list(specs)
-                    data.setdefault("threat", {})
-                    if not isinstance(data["threat"], dict):
-                        raise ConfigError("base.threat must be a mapping")
-                    data["threat"]["batch_size"] = bs
-                    data["seed"] = seed
-                    try:
-                        config = parse_config(data)
-                    except ConfigError as e:
-                        raise ConfigError(f"attacks[{ai}] ({entry.label}): {e}") from None
-                    cell = Cell(cell_key(config), config, entry.label, defense_label(specs), bs, s, seed)
-                    if cell.key in owners:
-                        other = owners[cell.key]
-                        raise ConfigError(f"attacks '{other.attack}' and '{cell.attack}' resolve to the same run "
-                                          "config; remove one or change its overrides")
-                    owners[cell.key] = cell
-                    cells.append(cell)
+            for bs, s, seed, indices in _samples(sweep, seeds):
+                data = copy.deepcopy(attack_data)
+                data["defenses"] = list(specs)
+                data.setdefault("threat", {})
+                if not isinstance(data["threat"], dict):
+                    raise ConfigError("base.threat must be a mapping")
+                data["threat"]["batch_size"] = bs
+                data["seed"] = seed
+                if indices is not None:
+                    data.setdefault("data", {})["indices"] = list(indices)
+                try:
+                    config = parse_config(data)
+                except ConfigError as e:
+                    raise ConfigError(f"attacks[{ai}] ({entry.label}): {e}") from None
+                cell = Cell(cell_key(config), config, entry.label, defense_label(specs), bs, s, seed)
+                if cell.key in owners:
+                    other = owners[cell.key]
+                    raise ConfigError(f"attacks '{other.attack}' and '{cell.attack}' resolve to the same run "
+                                      "config; remove one or change its overrides")
+                owners[cell.key] = cell
+                cells.append(cell)
     return cells
 
 

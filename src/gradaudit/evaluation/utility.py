@@ -54,7 +54,9 @@ from ..data.registry import splits_share_images
 from ..defenses.registry import parse_defense
 from ..errors import ConfigError, ObservationError
 from ..models.registry import ModelSpec, build_model
+from ..models.weights import check_weights, load_weights, read_weights
 from ..threat.client import Client, ServerKnowledge, batchnorm_layers
+from ..threat.local_training import LocalTraining
 from ..threat.observation import DataSpec
 from .store import ResultsStore, UtilityRow
 # the labels the sweep writes into ``cells.defense``: utility rows use the same ones, so that they join
@@ -67,6 +69,8 @@ DEFAULT_CLIENTS = 4
 DEFAULT_ROUNDS = 300
 DEFAULT_BATCH_SIZE = 8
 DEFAULT_LR = 0.1
+#: what ``local=`` may set of the FedAvg clients' local SGD (keyword arguments of Client)
+LOCAL_KEYS = ("local_epochs", "local_batch_size", "momentum", "weight_decay")
 #: Datasets with a real test split: subset sizes used when none are given.
 DEFAULT_TRAIN_SUBSET = 2000
 DEFAULT_TEST_SUBSET = 1000
@@ -125,13 +129,13 @@ def _stratified_pick(labels: torch.Tensor, fraction: float | None, count: int | 
 
 
 def load_splits(dataset: str = "embedded", data_root: str | None = None, train_size: int | None = None,
-                test_size: int | None = None) -> tuple[ImageDataset, ImageDataset]:
+                test_size: int | None = None, image_size: int | None = None) -> tuple[ImageDataset, ImageDataset]:
     """The (train, test) datasets of a utility run (deterministic; see the module docstring)."""
     for name, v in (("train_size", train_size), ("test_size", test_size)):
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
             raise ConfigError(f"{name} must be a positive integer, got {v!r}")
-    train = load_dataset(dataset, root=data_root, split="train")
-    test = load_dataset(dataset, root=data_root, split="test")
+    train = load_dataset(dataset, root=data_root, split="train", image_size=image_size)
+    test = load_dataset(dataset, root=data_root, split="test", image_size=image_size)
     g = torch.Generator().manual_seed(SPLIT_SEED)
     same = splits_share_images(dataset, data_root)
     if same:  # an evaluation set without a test split: hold out a stratified share of every class
@@ -216,11 +220,16 @@ def utility_config(defense_specs: str | Sequence[str] | None, dataset: str = "em
                    model_kwargs: dict | None = None, clients: int = DEFAULT_CLIENTS, rounds: int = DEFAULT_ROUNDS,
                    batch_size: int = DEFAULT_BATCH_SIZE, lr: float = DEFAULT_LR, protocol: str = "fedsgd",
                    local_steps: int = 1, seed: int = 0, data_root: str | None = None,
-                   train_size: int | None = None, test_size: int | None = None) -> dict[str, Any]:
-    """The full, JSON-ready description of a utility run (what its key is a hash of)."""
+                   train_size: int | None = None, test_size: int | None = None, weights: str | None = None,
+                   local: dict | None = None, image_size: int | None = None) -> dict[str, Any]:
+    """The full, JSON-ready description of a utility run (what its key is a hash of; the options added later,
+    ``weights``, ``local`` and ``image_size``, only when set, so older keys stay valid)."""
     specs = _as_spec_list(defense_specs)
     transforms = [parse_defense(s) for s in specs]
-    return {"defense": defense_label([t.describe() for t in transforms]),
+    later = {k: v for k, v in (("weights", None if weights is None else str(weights)),
+                               ("local", None if not local else dict(sorted(local.items()))),
+                               ("image_size", image_size)) if v is not None}
+    return {**later, "defense": defense_label([t.describe() for t in transforms]),
             "defenses": [t.describe() for t in transforms], "dataset": dataset, "model": model,
             "model_kwargs": dict(model_kwargs or {}), "clients": clients, "rounds": rounds,
             "batch_size": batch_size, "lr": lr, "protocol": protocol,
@@ -250,13 +259,19 @@ def measure_utility(defense_specs: str | Sequence[str] | None, dataset: str = "e
                     local_steps: int = 1, seed: int = 0, data_root: str | None = None,
                     train_size: int | None = None, test_size: int | None = None,
                     progress: Optional[ProgressFn] = None, eval_every: int | None = None,
-                    threads: int | None = 1, trust_code: bool = False) -> UtilityResult:
+                    threads: int | None = 1, trust_code: bool = False, weights: str | None = None,
+                    local: dict | None = None, image_size: int | None = None) -> UtilityResult:
     """Train ``model`` federatedly on ``dataset`` with the defense chain ``defense_specs`` on every client.
 
     ``defense_specs``: a list of specs applied in order (``[]``, ``None`` or ``["none"]``: no defense), or one
     string (``"dpsgd:1,1.1 + prune:0.9"``). FedSGD: ``lr`` is the server's step on the mean (defended) gradient;
     FedAvg: ``lr`` is the clients' local step size over ``local_steps`` steps, and the server applies the mean
-    update. ``progress(round, rounds, train_loss)`` is called at every evaluation. Deterministic in ``seed``.
+    update. ``local``: the clients' local SGD beyond ``local_steps`` (FedAvg; keys ``local_epochs``,
+    ``local_batch_size``, ``momentum``, ``weight_decay`` of :class:`~gradaudit.threat.Client`): each client then
+    takes ``batch_size`` samples per round and trains on them in minibatches. ``weights``: start from these
+    weights (safetensors, e.g. the audited round's model) instead of a fresh initialisation; ``image_size``:
+    resize the images. ``progress(round, rounds, train_loss)`` is called at every evaluation. Deterministic in
+    ``seed``.
     ``threads``: torch threads during the run (default 1: the tensors are tiny, and on a busy 2-core machine
     two threads spin-wait on each other, measured 20x slower; None leaves the setting alone). ``trust_code``:
     ``model`` may be a ``package.module:factory`` the caller trusts (:mod:`gradaudit.trust`).
@@ -268,7 +283,8 @@ def measure_utility(defense_specs: str | Sequence[str] | None, dataset: str = "e
         torch.set_num_threads(threads)
     try:
         return _measure(defense_specs, dataset, model, model_kwargs, clients, rounds, batch_size, lr, protocol,
-                        local_steps, seed, data_root, train_size, test_size, progress, eval_every, trust_code)
+                        local_steps, seed, data_root, train_size, test_size, progress, eval_every, trust_code,
+                        {"weights": weights, "local": local, "image_size": image_size})
     finally:
         torch.set_num_threads(before)
 
@@ -276,7 +292,8 @@ def measure_utility(defense_specs: str | Sequence[str] | None, dataset: str = "e
 def check_utility_args(defense_specs, *, clients: int = DEFAULT_CLIENTS, rounds: int = DEFAULT_ROUNDS,
                        batch_size: int = DEFAULT_BATCH_SIZE, lr: float = DEFAULT_LR, protocol: str = "fedsgd",
                        local_steps: int = 1, seed: int = 0, eval_every: int | None = None,
-                       train_size: int | None = None, test_size: int | None = None, **_: Any) -> None:
+                       train_size: int | None = None, test_size: int | None = None, local: dict | None = None,
+                       **_: Any) -> None:
     """Check a utility run's arguments (not its data or model) without doing any work; ConfigError if bad."""
     _check("clients", clients, 1)
     _check("rounds", rounds, 1)
@@ -291,40 +308,54 @@ def check_utility_args(defense_specs, *, clients: int = DEFAULT_CLIENTS, rounds:
         _check("eval_every", eval_every, 1)
     if protocol not in ("fedsgd", "fedavg"):
         raise ConfigError(f"unknown protocol '{protocol}'; valid: fedavg, fedsgd")
+    if local:
+        unknown = sorted(set(local) - set(LOCAL_KEYS))
+        if unknown or protocol != "fedavg":
+            raise ConfigError(f"local training options are FedAvg's: {', '.join(LOCAL_KEYS)}"
+                              + (f" (got '{unknown[0]}')" if unknown else " (set protocol fedavg)"))
+        LocalTraining(lr, steps=local_steps, epochs=local.get("local_epochs", 1),
+                      batch_size=local.get("local_batch_size"), momentum=local.get("momentum", 0.0),
+                      weight_decay=local.get("weight_decay", 0.0))
     for s in _as_spec_list(defense_specs):
         parse_defense(s)
 
 
 def prepare_utility(defense_specs, dataset: str = "embedded", model: str = "lenet", model_kwargs: dict | None = None,
                     data_root: str | None = None, train_size: int | None = None, test_size: int | None = None,
-                    trust_code: bool = False, **kwargs: Any) -> tuple[ImageDataset, ImageDataset, ModelSpec]:
+                    trust_code: bool = False, weights: str | None = None, image_size: int | None = None,
+                    **kwargs: Any) -> tuple[ImageDataset, ImageDataset, ModelSpec]:
     """Everything of a utility run that can fail on bad input, before any training: the arguments, the data
-    splits and the model (built once). Returns (train, test, model spec)."""
+    splits, the model (built once) and the weights it starts from. Returns (train, test, model spec)."""
     check_utility_args(defense_specs, train_size=train_size, test_size=test_size, **kwargs)
-    train, test = load_splits(dataset, data_root, train_size, test_size)
+    train, test = load_splits(dataset, data_root, train_size, test_size, image_size)
     clients = kwargs.get("clients", DEFAULT_CLIENTS)
     if clients > len(train):
         raise ConfigError(f"{clients} clients but only {len(train)} training images")
     spec = ModelSpec(model, train.num_classes, train.shape, dict(model_kwargs or {}), trust_code=trust_code)
-    build_model(spec)
+    net = build_model(spec)
+    if weights is not None:
+        check_weights(net, read_weights(weights), spec.name, weights)
     return train, test, spec
 
 
 def _measure(defense_specs, dataset, model, model_kwargs, clients, rounds, batch_size, lr, protocol, local_steps,
-             seed, data_root, train_size, test_size, progress, eval_every, trust_code) -> UtilityResult:
+             seed, data_root, train_size, test_size, progress, eval_every, trust_code, later) -> UtilityResult:
     t0 = time.perf_counter()
     cfg = utility_config(defense_specs, dataset=dataset, model=model, model_kwargs=model_kwargs, clients=clients,
                          rounds=rounds, batch_size=batch_size, lr=lr, protocol=protocol, local_steps=local_steps,
-                         seed=seed, data_root=data_root, train_size=train_size, test_size=test_size)
+                         seed=seed, data_root=data_root, train_size=train_size, test_size=test_size, **later)
+    weights, local = later["weights"], dict(later["local"] or {})
     train, test, spec = prepare_utility(defense_specs, dataset, model, model_kwargs, data_root, train_size,
-                                        test_size, trust_code, clients=clients, rounds=rounds,
-                                        batch_size=batch_size, lr=lr, protocol=protocol, local_steps=local_steps,
-                                        seed=seed, eval_every=eval_every)
+                                        test_size, trust_code, weights, later["image_size"], clients=clients,
+                                        rounds=rounds, batch_size=batch_size, lr=lr, protocol=protocol,
+                                        local_steps=local_steps, seed=seed, eval_every=eval_every, local=local)
     if eval_every is None:
         eval_every = max(1, rounds // 20)
     transforms = [parse_defense(s) for s in _as_spec_list(defense_specs)]
     torch.manual_seed(seed)
     global_model = build_model(spec)
+    if weights is not None:
+        load_weights(global_model, weights, spec.name)
     data_spec = DataSpec(train.name, tuple(train.mean), tuple(train.std))
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(train), generator=g)
@@ -334,7 +365,7 @@ def _measure(defense_specs, dataset, model, model_kwargs, clients, rounds, batch
     # own generator, so noise draws differ between clients and rounds but repeat for the same seed.
     participants = [Client(global_model, spec, data_spec, protocol=protocol, local_steps=local_steps,
                            local_lr=lr if protocol == "fedavg" else None, transforms=transforms,
-                           knowledge=ServerKnowledge(labels=False), seed=seed * 7919 + i + 1)
+                           knowledge=ServerKnowledge(labels=False), seed=seed * 7919 + i + 1, **local)
                     for i in range(clients)]
     params = dict(global_model.named_parameters())
 

@@ -15,13 +15,14 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from ..checks import check_int, check_number, check_output_dir
 from ..data import load_dataset
+from ..errors import ConfigError
 from ..models.registry import ModelSpec, build_model
 from ..models.weights import save_weights
 
@@ -49,8 +50,10 @@ class VictimSummary:
 def train_victim(dataset: str = "embedded", model: str = "convnet", *, epochs: int = 5, batch_size: int = 16,
                  lr: float = 0.05, momentum: float = 0.9, seed: int = 0, model_kwargs: dict | None = None,
                  data_root: str | None = None, split: str = "train", image_size: int | None = None,
-                 progress: Optional[EpochProgress] = None, trust_code: bool = False):
-    """Train ``model`` on ``dataset[split]`` for ``epochs`` epochs; returns (model, :class:`VictimSummary`).
+                 progress: Optional[EpochProgress] = None, trust_code: bool = False,
+                 indices: Sequence[int] | None = None):
+    """Train ``model`` on ``dataset[split]`` (only its ``indices`` when given, e.g. the public part a server
+    holds) for ``epochs`` epochs; returns (model, :class:`VictimSummary`).
 
     Deterministic in ``seed`` (initialisation and minibatch order). The model is the same architecture an
     attack cell builds (classes and input shape from the dataset)."""
@@ -59,6 +62,12 @@ def train_victim(dataset: str = "embedded", model: str = "convnet", *, epochs: i
     check_number(lr, "lr", positive=True)
     check_number(momentum, "momentum", minimum=0.0, maximum=0.999)
     ds = load_dataset(dataset, root=data_root, split=split, image_size=image_size)
+    if indices is not None:
+        bad = [i for i in indices if not 0 <= int(i) < len(ds)]
+        if bad or not indices:
+            raise ConfigError(f"training indices must be a non-empty list within the {len(ds)} samples of "
+                              f"'{dataset}' ({split}), got {bad[:1] or 'none'}")
+        ds = ds.subset(torch.as_tensor([int(i) for i in indices]))
     spec = ModelSpec(model, ds.num_classes, ds.shape, dict(model_kwargs or {}), trust_code=trust_code)
     torch.manual_seed(seed)
     net = build_model(spec)
@@ -86,8 +95,6 @@ def train_victim(dataset: str = "embedded", model: str = "convnet", *, epochs: i
         loss_epoch = sum(losses) / max(1, len(losses))
         acc = correct / len(ds)
         if not math.isfinite(loss_epoch):
-            from ..errors import ConfigError
-
             raise ConfigError(f"training diverged at epoch {epoch + 1} (loss {loss_epoch}); lower lr")
         if progress is not None:
             progress(epoch + 1, epochs, loss_epoch)

@@ -67,7 +67,12 @@ class ReconstructionScores:
         out: dict[str, Any] = {}
         for key in keys:
             value = getattr(self, key)
-            out[key] = finite_or_none(list(value) if isinstance(value, list) else value)
+            if key == "lpips_status":
+                out[key] = value
+            elif key == "assignment":
+                out[key] = [int(v) for v in value]
+            else:
+                out[key] = finite_or_none(list(value) if isinstance(value, list) else value)
         return out
 
 

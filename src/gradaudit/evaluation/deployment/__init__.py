@@ -1,0 +1,1 @@
+"""Audit a deployment in one command (see :mod:`.config`, :mod:`.plan`, :mod:`.run`)."""
