@@ -4,6 +4,7 @@
     gradaudit attack --out DIR [--config FILE] [--set key=value ...] [options]
     gradaudit attack --observation FILE --out DIR [--attack PRESET ...]
     gradaudit observation inspect|validate|export ...
+    gradaudit audit DEPLOYMENT --out DIR
     gradaudit evaluate SWEEP --out RUN_DIR      gradaudit utility --out RUN_DIR     gradaudit report RUN_DIR
     gradaudit vulnerability [--validate]        gradaudit bounds                    gradaudit prior train|meta-learn
     gradaudit list
@@ -32,9 +33,9 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks ins
     _state["debug"] = debug
 
 
-from . import attack, bounds, evaluate, observation, prior, results, victim, vulnerability  # noqa: E402
+from . import attack, audit, bounds, evaluate, observation, prior, results, victim, vulnerability  # noqa: E402
 
-for _module in (attack, observation, vulnerability, evaluate, results, bounds, prior, victim):
+for _module in (attack, observation, vulnerability, evaluate, audit, results, bounds, prior, victim):
     _module.register(app)
 
 

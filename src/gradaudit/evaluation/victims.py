@@ -90,7 +90,7 @@ def train_victim(dataset: str = "embedded", model: str = "convnet", *, epochs: i
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
             correct += int((logits.argmax(1) == y_all[idx]).sum())
         loss_epoch = sum(losses) / max(1, len(losses))
         acc = correct / len(ds)
