@@ -35,26 +35,27 @@ def obs_truth():
 
 def test_halving_plan_rungs_and_cost():
     plan = HalvingPlan.build(8, 400)
-    assert plan.rungs == (50, 100, 200) and plan.keep == (4, 2, 1)
-    assert plan.cost(8) == pytest.approx(2.5)
-    assert [plan.alive_at(i, 8) for i in (0, 49, 50, 99, 100, 200, 399)] == [8, 8, 4, 4, 2, 1, 1]
+    assert plan.rungs == (25, 50, 100) and plan.keep == (4, 2, 1)
+    assert plan.cost(8) == pytest.approx(1.75)
+    assert [plan.alive_at(i, 8) for i in (0, 24, 25, 49, 50, 100, 399)] == [8, 8, 4, 4, 2, 1, 1]
     assert HalvingPlan.build(8, 400, eta=1).rungs == ()  # eta = 1: every candidate runs to the end
     assert HalvingPlan.build(1, 400).cost(1) == 1.0
-    assert HalvingPlan.build(16, 400).cost(16) == pytest.approx(3.0)
+    assert HalvingPlan.build(16, 400).cost(16) == pytest.approx((16 * 12 + 8 * 13 + 4 * 25 + 2 * 50 + 300) / 400)
+    assert HalvingPlan.build(2, 400).rungs == (100,) and HalvingPlan.build(2, 400).cost(2) == pytest.approx(1.25)
 
 
 def test_budget_clock_places_rungs_and_milestones_at_the_plan_s_cost_fractions():
-    clock = BudgetClock(10.0, 8, 2)
+    clock = BudgetClock(7.0, 8, 2)
     T = BudgetClock.NOMINAL
-    # K = 8: the plan's member-iterations are 40 % spent at T/8, 60 % at T/4, 80 % at T/2
-    assert clock.position(4.0) == pytest.approx(T / 8, rel=1e-6)
-    assert clock.position(6.0) == pytest.approx(T / 4, rel=1e-6)
-    assert clock.position(8.0) == pytest.approx(T / 2, rel=1e-6)
-    assert clock.position(10.0) == T and clock.position(99.0) == T and clock.position(0.0) == 0
-    # the x0.1 steps at 3T/8, 5T/8, 7T/8 fall at 70 %, 85 %, 95 % of the budget
-    assert schedule_scale(clock.position(6.9), T, "multistep") == 1.0
-    assert schedule_scale(clock.position(7.1), T, "multistep") == pytest.approx(0.1)
-    assert schedule_scale(clock.position(9.6), T, "multistep") == pytest.approx(1e-3)
+    # K = 8 (1.75 T member-iterations): 0.5 T are spent at T/16, 0.75 T at T/8, 1.0 T at T/4
+    assert clock.position(2.0) == pytest.approx(T / 16, rel=1e-6)
+    assert clock.position(3.0) == pytest.approx(T / 8, rel=1e-6)
+    assert clock.position(4.0) == pytest.approx(T / 4, rel=1e-6)
+    assert clock.position(7.0) == T and clock.position(99.0) == T and clock.position(0.0) == 0
+    # the x0.1 steps at 3T/8, 5T/8, 7T/8 fall at 4.5, 5.5 and 6.5 of the 7 seconds
+    assert schedule_scale(clock.position(4.4), T, "multistep") == 1.0
+    assert schedule_scale(clock.position(4.6), T, "multistep") == pytest.approx(0.1)
+    assert schedule_scale(clock.position(6.6), T, "multistep") == pytest.approx(1e-3)
 
 
 def test_candidates_from_grid_explicit_and_base():
@@ -81,7 +82,7 @@ def test_tuned_attack_records_every_candidate_and_returns_the_winner_s_best_iter
     rec = attack.reconstruct(obs)
     tuning = rec.config["tuning"]
     assert tuning["mode"] == "auto" and len(tuning["candidates"]) == 4
-    assert [r["iteration"] for r in tuning["rungs"]] == [10, 20]  # 4 -> 2 -> 1 at T/4, T/2
+    assert [r["iteration"] for r in tuning["rungs"]] == [5, 10]  # 4 -> 2 -> 1 at T/8, T/4
     assert set(rec.candidates) == {0, 1, 2, 3}
     winner = tuning["winner"]
     scores = [c["score"] for c in tuning["candidates"]]

@@ -71,7 +71,7 @@ def samples_grid(audit_dir: Path, verdict: Verdict, path: Path) -> Optional[Path
             pair = _load_pair(audit_dir, s)
             imgs.append(pair[1] if pair else torch.zeros_like(truths[k]))
             caps.append("-" if s.psnr is None else f"{s.psnr:.1f} dB" + (" !" if s.recognisable else ""))
-        rows.append((d.label[:18], torch.cat(imgs), caps))
+        rows.append((d.label[:26], torch.cat(imgs), caps))
     return save_reconstruction_grid(rows, path, scale=3)
 
 
@@ -102,7 +102,7 @@ def frontier_plot(verdict: Verdict, threshold_psnr: float, stem: Path) -> Option
     ax.grid(alpha=0.3)
     fig.tight_layout()
     path = stem.with_suffix(".png")
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
