@@ -93,10 +93,11 @@ def frontier_plot(verdict: Verdict, threshold_psnr: float, stem: Path) -> Option
         ax.scatter([x], [d.max_psnr], c=color, marker=marker, s=140 if marker == "*" else 50, zorder=3)
         text = d.label + ("" if d.epsilon is None else f" (eps {d.epsilon:.3g})")
         ax.annotate(text, (x, d.max_psnr), textcoords="offset points", xytext=(5, 4), fontsize=7)
+    ax.set_xscale("symlog", linthresh=0.1)  # a diverging defense can cost 100x the others
     ax.axhline(threshold_psnr, color="#888", ls="--", lw=1)
     ax.text(ax.get_xlim()[0], threshold_psnr, f" recognisable above {threshold_psnr:g} dB", va="bottom",
             fontsize=7, color="#555")
-    ax.set_xlabel("utility loss (final training loss minus no defense's)")
+    ax.set_xlabel("utility loss (final training loss minus no defense's; symlog)")
     ax.set_ylabel("strongest attack: best PSNR of an audited sample (dB)")
     ax.set_title("privacy-utility frontier (red: some sample recognisable; star: recommended)", fontsize=8)
     ax.grid(alpha=0.3)
