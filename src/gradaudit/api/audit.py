@@ -90,10 +90,11 @@ def audit_deployment(deployment: str | Path | Deployment | dict, out: str | Path
     out.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
     t = time.perf_counter()
-    say(f"victim: {'the given weights' if dep.model.weights else 'training on the public part'} "
-        f"({len(data.public)} public images)")
     victim, vinfo = prepare_victim(dep, out, data, spec, trust_code=trust_code,
                                    progress=lambda e, n, loss: say(f"  victim epoch {e}/{n}: loss {loss:.3f}"))
+    say({"user": f"victim: the given weights ({victim})", "fresh": "victim: a fresh initialisation"}.get(
+        vinfo["source"], f"victim: {'reused' if vinfo.get('reused') else 'trained'} on the public part "
+                         f"({len(data.public)} images, training accuracy {vinfo.get('final_accuracy', 0):.1%})"))
     seconds["victim"] = time.perf_counter() - t
     t = time.perf_counter()
     say(f"risk ranking: {dep.audit.rank} private samples by {dep.audit.proxy} and the gradient norm")
@@ -110,6 +111,7 @@ def audit_deployment(deployment: str | Path | Deployment | dict, out: str | Path
     summary = run_sweep(sweep, out, executor=executor, workers=workers or dep.workers, ray_address=ray_address,
                         progress=progress, threads=threads, console=console, trust_code=trust_code)
     seconds["attacks"] = time.perf_counter() - t
+    say(f"  {summary.done} cells run now, {summary.skipped} already done, {summary.failed} failed")
     t = time.perf_counter()
     say(f"utility: {len(dep.defenses)} defenses x {dep.utility.rounds} rounds of {dep.utility.clients} clients")
     urows = [row for row, _ in run_utility(out, dep.defenses, **_utility_kwargs(dep, victim, trust_code),

@@ -17,7 +17,7 @@ from ..data.image_grid import save_reconstruction_grid
 from ..evaluation.deployment.config import Deployment
 from ..evaluation.deployment.plan import RiskRanking
 from ..evaluation.deployment.verdict import Verdict
-from .html import _CSP, _SCRIPT, _STYLE, _e, _img, _table
+from .html import _CSP, _SCRIPT, _STYLE, _e, _img, _table, write_page
 from .tables import to_markdown, write_dict_csv
 
 AUDIT_PAGE = "audit.html"
@@ -203,11 +203,7 @@ def write_deployment_report(audit_dir: Path, dep: Deployment, verdict: Verdict, 
     parts.append("<h2>Risk ranking</h2>" + _table(rrows, [c for c in RISK_COLUMNS if c[1] in (rrows[0] if rrows
                                                                                           else {})]))
     parts.append("</section></body></html>\n")
-    out = audit_dir / AUDIT_PAGE
-    tmp = out.with_suffix(".html.tmp")
-    tmp.write_text("\n".join(parts), encoding="utf-8")
-    tmp.replace(out)
-    return out
+    return write_page(audit_dir / AUDIT_PAGE, parts)
 
 
 __all__ = ["AUDIT_PAGE", "samples_grid", "frontier_plot", "write_deployment_report"]

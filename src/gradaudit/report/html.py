@@ -150,7 +150,11 @@ def write_report(run_dir: str | Path, metric: str = "psnr") -> Path:
     parts.append("<h2>Files</h2><ul>" + "".join(f"<li><code>{_e(p.relative_to(run_dir))}</code></li>"
                                                 for p in files) + "</ul>")
     parts.append("</body></html>\n")
-    out = run_dir / REPORT_NAME
+    return write_page(run_dir / REPORT_NAME, parts)
+
+
+def write_page(out: Path, parts: list[str]) -> Path:
+    """Write the joined ``parts`` to ``out`` atomically (a reader never sees half a page); return ``out``."""
     tmp = out.with_suffix(".html.tmp")
     tmp.write_text("\n".join(parts), encoding="utf-8")
     tmp.replace(out)
