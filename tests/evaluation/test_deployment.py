@@ -58,11 +58,10 @@ def test_no_defense_is_always_audited_first():
 
 def test_minibatch_fedavg_gets_the_fedavg_attack_and_malicious_server_robbing_the_fed():
     dep = parse_deployment(tiny(audit={"rank": 4, "at_risk": 1, "typical": 0, "malicious_server": True}))
-    data = split_data(dep)
-    names = [a.preset for a in default_attacks(dep, model_spec(dep, data.private))]
+    names = [a.preset for a in default_attacks(dep)]
     assert names == ["fedavg-leakage", "inverting-gradients", "robbing-the-fed"]
     fedsgd = parse_deployment(tiny(clients={"protocol": "fedsgd", "samples": 2}))
-    assert [a.preset for a in default_attacks(fedsgd, None)] == ["inverting-gradients"]
+    assert [a.preset for a in default_attacks(fedsgd)] == ["inverting-gradients"]
 
 
 def test_public_part_and_private_pool_are_disjoint_and_batches_lead_with_the_audited_sample(tmp_path):

@@ -22,13 +22,13 @@ from typing import Any, Callable, Optional
 from ..checks import check_run_dir
 from ..errors import ConfigError
 from ..evaluation.deployment.config import Deployment, load_deployment, parse_deployment
-from ..evaluation.deployment.plan import (RiskRanking, attack_budget, audit_batches, audit_sweep,
+from ..evaluation.deployment.plan import (RiskRanking, attack_budget, audit_attacks, audit_batches, audit_sweep,
                                           check_risk_options, check_user_weights, model_spec, prepare_victim,
                                           rank_risk, split_data)
 from ..evaluation.deployment.verdict import Verdict, build_verdict
 from ..evaluation.runner import SweepSummary, run_sweep
 from ..evaluation.store import ResultsStore
-from ..evaluation.sweep import plan as plan_cells
+from ..evaluation.sweep import expand, plan as plan_cells
 from ..evaluation.utility import run_utility, utility_chains
 from ..report.deployment import AUDIT_PAGE, write_deployment_report
 
@@ -65,7 +65,7 @@ def check_audit(dep: Deployment, out: str | Path, *, trust_code: bool = False):
     user = check_user_weights(dep, spec)
     # the cells and the utility runs, with a stand-in batch and the user's (or no) weights: the same checks
     stand_in = [data.pool[:dep.clients.samples]]
-    plan_cells(audit_sweep(dep, spec, user, stand_in), trust_code=trust_code)
+    plan_cells(audit_sweep(dep, user, stand_in), trust_code=trust_code)
     utility_chains(dep.defenses, **_utility_kwargs(dep, user, trust_code))
     return out, data, spec
 
@@ -101,12 +101,12 @@ def audit_deployment(deployment: str | Path | Deployment | dict, out: str | Path
     ranking = rank_risk(dep, out, data, spec, victim)
     seconds["ranking"] = time.perf_counter() - t
     batches = audit_batches(dep, data, ranking)
-    n_cells = len(plan_cells(audit_sweep(dep, spec, victim, batches), trust_code=trust_code))
+    n_attacks = len(audit_attacks(dep))
+    n_cells = n_attacks * len(dep.defenses) * len(batches)  # the sweep's grid: attacks x defenses x batches
     budget = attack_budget(dep, n_cells)
-    sweep = audit_sweep(dep, spec, victim, batches, budget)
+    sweep = audit_sweep(dep, victim, batches, budget)
     say(f"attacks: {n_cells} cells ({len(dep.defenses)} defenses x {len(batches)} audited samples x "
-        f"{n_cells // max(1, len(dep.defenses) * len(batches))} attacks)"
-        + ("" if budget is None else f", {budget:.0f} s each"))
+        f"{n_attacks} attacks)" + ("" if budget is None else f", {budget:.0f} s each"))
     t = time.perf_counter()
     summary = run_sweep(sweep, out, executor=executor, workers=workers or dep.workers, ray_address=ray_address,
                         progress=progress, threads=threads, console=console, trust_code=trust_code)
@@ -118,7 +118,7 @@ def audit_deployment(deployment: str | Path | Deployment | dict, out: str | Path
                                            on_start=lambda key, label: say(f"  utility of {label}"))]
     seconds["utility"] = time.perf_counter() - t
     with ResultsStore(out) as store:
-        keys = {c.key for c in plan_cells(sweep, trust_code=trust_code)}
+        keys = {c.key for c in expand(sweep)}  # run_sweep validated them
         cells = [c for c in store.cells("done") if c.key in keys]
         failed = [c for c in store.cells("failed") if c.key in keys]
     roles = {i: ranking.role(i) for i in ranking.audited}

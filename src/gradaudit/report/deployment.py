@@ -9,7 +9,6 @@ also written as CSV and Markdown under ``AUDIT_DIR/audit/``.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -17,7 +16,7 @@ from ..data.image_grid import save_reconstruction_grid
 from ..evaluation.deployment.config import Deployment
 from ..evaluation.deployment.plan import RiskRanking
 from ..evaluation.deployment.verdict import Verdict
-from .html import _CSP, _SCRIPT, _STYLE, _e, _img, _table, write_page
+from .html import _e, _head, _img, _table, write_page
 from .tables import to_markdown, write_dict_csv
 
 AUDIT_PAGE = "audit.html"
@@ -56,21 +55,17 @@ def samples_grid(audit_dir: Path, verdict: Verdict, path: Path) -> Optional[Path
     """Columns: the audited samples; rows: the truth, then the strongest reconstruction under each defense."""
     import torch
 
-    base = verdict.baseline
-    truths, rows = [], []
-    for k, s in enumerate(base.samples):
-        pair = next((p for d in verdict.defenses if (p := _load_pair(audit_dir, d.samples[k])) is not None), None)
-        if pair is None:
-            return None
-        truths.append(pair[0])
-    rows.append(("truth", torch.cat(truths), [f"#{s.index} {'risk' if s.role != 'typical' else 'typ.'}"
-                                              for s in base.samples]))
-    for d in verdict.defenses:
-        imgs, caps = [], []
-        for k, s in enumerate(d.samples):
-            pair = _load_pair(audit_dir, s)
-            imgs.append(pair[1] if pair else torch.zeros_like(truths[k]))
-            caps.append("-" if s.psnr is None else f"{s.psnr:.1f} dB" + (" !" if s.recognisable else ""))
+    pairs = [[_load_pair(audit_dir, s) for s in d.samples] for d in verdict.defenses]  # each file read once
+    truths = [next((row[k] for row in pairs if row[k] is not None), None) for k in range(verdict.audited)]
+    if any(t is None for t in truths):
+        return None
+    truths = [t[0] for t in truths]
+    rows = [("truth", torch.cat(truths), [f"#{s.index} {'risk' if s.role != 'typical' else 'typ.'}"
+                                          for s in verdict.baseline.samples])]
+    for d, row in zip(verdict.defenses, pairs):
+        imgs = [p[1] if p else torch.zeros_like(truths[k]) for k, p in enumerate(row)]
+        caps = ["-" if s.psnr is None else f"{s.psnr:.1f} dB" + (" !" if s.recognisable else "")
+                for s in d.samples]
         rows.append((d.label[:26], torch.cat(imgs), caps))
     return save_reconstruction_grid(rows, path, scale=3)
 
@@ -160,17 +155,14 @@ def write_deployment_report(audit_dir: Path, dep: Deployment, verdict: Verdict, 
     (assets / "defenses.md").write_text(to_markdown(drows, DEFENSE_COLUMNS) + "\n")
     roles = {i: ranking.role(i) for i in ranking.audited}
     rrows = [{**r, "role": roles.get(r["index"], "")} for r in ranking.rows]
+    write_dict_csv(audit_dir / "risk.csv", rrows)
     grid = samples_grid(audit_dir, verdict, assets / "samples.png")
     frontier = frontier_plot(verdict, dep.threshold.psnr, assets / "frontier")
     title = f"gradaudit deployment audit: {dep.name}"
-    parts = ["<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">",
-             f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">',
-             f"<title>{_e(title)}</title><style>{_STYLE}</style><script>{_SCRIPT}</script></head><body>",
-             f"<h1>{_e(title)}</h1>",
-             f'<p class="meta">Generated {_e(time.strftime("%Y-%m-%d %H:%M:%S"))}; '
-             + ", ".join(f"{_e(k)} {v:.0f} s" for k, v in seconds.items()) + ".</p>",
-             '<section id="verdict"><h2>Verdict</h2>',
-             f'<p class="note"><strong>{_e(verdict.headline())}</strong></p><ul>']
+    parts = _head(title, audit_dir)
+    parts += ['<p class="meta">Time: ' + ", ".join(f"{_e(k)} {v:.0f} s" for k, v in seconds.items()) + ".</p>",
+              '<section id="verdict"><h2>Verdict</h2>',
+              f'<p class="note"><strong>{_e(verdict.headline())}</strong></p><ul>']
     parts += [f"<li>{_e(line)}</li>" for line in verdict.lines()[1:-1]]
     parts.append("</ul></section>")
     parts.append('<section id="samples"><h2>The audited samples</h2><p>Columns: the samples attacked, the most at '

@@ -9,7 +9,7 @@
 3. **The risk ranking** (:func:`rank_risk`): ``audit.rank`` class-balanced samples of the private pool ranked by
    the loss-aware vulnerability proxies and the gradient norm under the victim (seed 000: a larger lambda_max
    is a sharper minimum at the truth, an easier inversion); the ``at_risk`` highest and the ``typical`` closest
-   to the median are audited. ``risk.csv`` / ``risk.json``; reused when the settings match.
+   to the median are audited. ``risk.json`` (the report adds ``risk.csv``); reused when the settings match.
 4. **The attacks** (:func:`audit_sweep`): a sweep over the candidate defenses whose private batches are the
    audited samples, each at position 0 of a client batch of ``clients.samples`` filled with other private samples
    (class-balanced, seeded), run into the audit folder's results store (resumable, as ``gradaudit evaluate``).
@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,9 +36,11 @@ from ..victims import write_victim
 from .config import Deployment
 
 VICTIM_FILE = "victim.safetensors"
-RISK_FILES = ("risk.csv", "risk.json")
+RISK_FILE = "risk.json"
 #: the share of the time budget given to the attacks (the rest: victim, ranking, utility, report)
 ATTACK_SHARE = 0.6
+#: relative tolerance of the ranking's lambda_max (a ranking needs the order, not four digits)
+RISK_TOL = 1e-2
 #: the matching attacks, whose run length a time budget can set
 BUDGETED = ("inverting-gradients", "fedavg-leakage")
 
@@ -69,6 +70,14 @@ class RiskRanking:
 
     def role(self, index: int) -> str:
         return "most at risk" if index in self.at_risk else "typical"
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """A cache file's JSON, or {} when it is missing or unreadable (the step then runs again)."""
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
 
 
 def _load(dep: Deployment, split: str) -> ImageDataset:
@@ -127,13 +136,9 @@ def prepare_victim(dep: Deployment, out: Path, plan: DataPlan, spec: ModelSpec, 
         return None, {"source": "fresh", "seed": dep.seed}
     path, recipe_path = out / VICTIM_FILE, out / "victim.json"
     want = _victim_recipe(dep, plan)
-    if path.is_file() and recipe_path.is_file():
-        try:
-            have = json.loads(recipe_path.read_text())
-        except (OSError, ValueError):
-            have = {}
-        if all(have.get(k) == v for k, v in want.items()):
-            return path, {"source": "trained", "reused": True, **have}
+    have = _read_json(recipe_path)
+    if path.is_file() and have and all(have.get(k) == v for k, v in want.items()):
+        return path, {"source": "trained", "reused": True, **have}
     t = dep.model.train
     indices = None if dep.data.public_split is not None else plan.public
     _, summary = write_victim(path, dataset=dep.data.name, model=dep.model.name, epochs=t.epochs,
@@ -159,7 +164,7 @@ def proxy_sides(proxy: str) -> tuple[str, ...]:
 
 
 def check_risk_options(dep: Deployment) -> None:
-    check_proxy_options(proxy=dep.audit.proxy, which=proxy_sides(dep.audit.proxy), tol=1e-2)
+    check_proxy_options(proxy=dep.audit.proxy, which=proxy_sides(dep.audit.proxy), tol=RISK_TOL)
 
 
 def rank_risk(dep: Deployment, out: Path, plan: DataPlan, spec: ModelSpec, victim: Optional[Path],
@@ -169,14 +174,10 @@ def rank_risk(dep: Deployment, out: Path, plan: DataPlan, spec: ModelSpec, victi
     labels = plan.private.labels[torch.as_tensor(plan.pool)]
     ranked = [plan.pool[i] for i in class_spread(labels, dep.audit.rank, seed=dep.seed + 1)]
     settings = _risk_settings(dep, victim, ranked)
-    meta_path = out / RISK_FILES[1]
-    if meta_path.is_file():
-        try:
-            saved = json.loads(meta_path.read_text())
-        except (OSError, ValueError):
-            saved = {}
-        if saved.get("settings") == settings:
-            return RiskRanking(saved["rows"], dep.audit.proxy, saved["at_risk"], saved["typical"], saved)
+    meta_path = out / RISK_FILE
+    saved = _read_json(meta_path)
+    if saved.get("settings") == settings:
+        return RiskRanking(saved["rows"], dep.audit.proxy, saved["at_risk"], saved["typical"], saved)
     torch.manual_seed(dep.seed)
     net = build_model(spec)
     if victim is not None:
@@ -184,7 +185,7 @@ def rank_risk(dep: Deployment, out: Path, plan: DataPlan, spec: ModelSpec, victi
     net.eval()
     images, y = plan.private.batch(ranked)
     table = compute_proxies(net, images, y, data=plan.private, indices=ranked, seed=dep.seed, progress=progress,
-                            which=proxy_sides(dep.audit.proxy), tol=1e-2)
+                            which=proxy_sides(dep.audit.proxy), tol=RISK_TOL)
     rows = table.ranked(dep.audit.proxy, True)
     at_risk = [r["index"] for r in rows[:dep.audit.at_risk]]
     rest = [r for r in rows if r["index"] not in at_risk]
@@ -192,11 +193,6 @@ def rank_risk(dep: Deployment, out: Path, plan: DataPlan, spec: ModelSpec, victi
     median = values[len(values) // 2] if values else 0.0
     typical = [r["index"] for r in sorted(rest, key=lambda r: abs(float(r[dep.audit.proxy]) - median))]
     typical = typical[:dep.audit.typical]
-    columns = list(rows[0]) if rows else []
-    with (out / RISK_FILES[0]).open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
     meta = {"settings": settings, "rows": rows, "at_risk": at_risk, "typical": typical, "proxy_meta": table.meta}
     meta_path.write_text(json.dumps(meta, indent=1, default=str))
     return RiskRanking(rows, dep.audit.proxy, at_risk, typical, meta)
@@ -215,7 +211,7 @@ def audit_batches(dep: Deployment, plan: DataPlan, ranking: RiskRanking) -> list
     return out
 
 
-def default_attacks(dep: Deployment, spec: ModelSpec) -> list[AttackEntry]:
+def default_attacks(dep: Deployment) -> list[AttackEntry]:
     """The strongest attacks the deployment's threat model allows (``audit.attacks`` replaces them):
     the self-tuning Inverting Gradients; with minibatch FedAvg also the attack that simulates the client's epochs
     (Dimitrov et al. 2022); with ``malicious_server`` Robbing the Fed's imprint module (the server changes the
@@ -236,7 +232,12 @@ def default_attacks(dep: Deployment, spec: ModelSpec) -> list[AttackEntry]:
     return out
 
 
-def audit_sweep(dep: Deployment, spec: ModelSpec, victim: Optional[Path], batches: list[list[int]],
+def audit_attacks(dep: Deployment) -> list[AttackEntry]:
+    """The deployment's attacks: ``audit.attacks`` when given, else :func:`default_attacks`."""
+    return list(dep.audit.attacks or default_attacks(dep))
+
+
+def audit_sweep(dep: Deployment, victim: Optional[Path], batches: list[list[int]],
                 attack_budget: Optional[float] = None) -> SweepConfig:
     """Step 4's sweep. ``attack_budget``: seconds per matching-attack cell (from the deployment's time budget;
     it replaces the iteration count)."""
@@ -246,7 +247,7 @@ def audit_sweep(dep: Deployment, spec: ModelSpec, victim: Optional[Path], batche
     model = {"name": dep.model.name, "kwargs": dict(dep.model.kwargs)}
     if victim is not None:
         model["weights"] = str(victim)
-    attacks = dep.audit.attacks or default_attacks(dep, spec)
+    attacks = audit_attacks(dep)
     if attack_budget is not None:
         attacks = [AttackEntry(preset=a.preset, name=a.name,
                                overrides={**a.overrides, "time_budget": round(attack_budget, 1)})
@@ -263,6 +264,6 @@ def attack_budget(dep: Deployment, cells: int) -> Optional[float]:
     return max(2.0, ATTACK_SHARE * dep.time_budget * dep.workers / cells)
 
 
-__all__ = ["ATTACK_SHARE", "DataPlan", "RISK_FILES", "RiskRanking", "VICTIM_FILE", "attack_budget",
-           "audit_batches", "audit_sweep", "check_risk_options", "check_user_weights", "default_attacks",
+__all__ = ["ATTACK_SHARE", "DataPlan", "RISK_FILE", "RiskRanking", "VICTIM_FILE", "attack_budget",
+           "audit_attacks", "audit_batches", "audit_sweep", "check_risk_options", "check_user_weights", "default_attacks",
            "model_spec", "prepare_victim", "rank_risk", "split_data"]
