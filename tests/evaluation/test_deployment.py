@@ -59,9 +59,18 @@ def test_no_defense_is_always_audited_first():
 def test_minibatch_fedavg_gets_the_fedavg_attack_and_malicious_server_robbing_the_fed():
     dep = parse_deployment(tiny(audit={"rank": 4, "at_risk": 1, "typical": 0, "malicious_server": True}))
     names = [a.preset for a in default_attacks(dep)]
-    assert names == ["fedavg-leakage", "inverting-gradients", "robbing-the-fed"]
+    assert names == ["fedavg-leakage", "inverting-gradients", "robbing-the-fed", "trap-weights"]
     fedsgd = parse_deployment(tiny(clients={"protocol": "fedsgd", "samples": 2}))
     assert [a.preset for a in default_attacks(fedsgd)] == ["inverting-gradients"]
+
+
+def test_closed_forms_join_where_their_threat_model_applies():
+    mlp = parse_deployment(tiny(model={"name": "mlp"}, clients={"protocol": "fedsgd", "samples": 4}))
+    assert [a.preset for a in default_attacks(mlp)] == ["inverting-gradients", "spear"]
+    vit = parse_deployment(tiny(model={"name": "vit"}, clients={"protocol": "fedsgd", "samples": 1}))
+    assert [a.preset for a in default_attacks(vit)] == ["inverting-gradients", "april"]
+    vit_batch = parse_deployment(tiny(model={"name": "vit"}, clients={"protocol": "fedsgd", "samples": 2}))
+    assert [a.preset for a in default_attacks(vit_batch)] == ["inverting-gradients"]  # APRIL needs B=1
 
 
 def test_public_part_and_private_pool_are_disjoint_and_batches_lead_with_the_audited_sample(tmp_path):

@@ -15,14 +15,23 @@ SHAPES = [(3, 32, 32), (1, 28, 28)]
 # Small widths keep the expensive checks fast; the architecture (and so in-place ops) is the same.
 SMALL = {"lenet": {}, "convnet": {"width": 4}, "resnet18": {"width": 4}, "mlp": {"width": 16},
          "imprint": {"base": "mlp", "bins": 8, "base_kwargs": {"width": 16}},
-         "wide-head": {"backbone": "convnet", "width": 16, "backbone_kwargs": {"width": 4}}}
+         "wide-head": {"backbone": "convnet", "width": 16, "backbone_kwargs": {"width": 4}},
+         "trap-weights": {"base": "mlp", "neurons": 8, "base_kwargs": {"width": 16}},
+         "fishing": {"base": "mlp", "bins": 8, "base_kwargs": {"width": 16}},
+         "vit": {"dim": 16, "depth": 1, "heads": 2}}
 
 
 def test_registry_names_the_victims():
+    from gradaudit.models.fishing import FishingModel
     from gradaudit.models.malicious import ImprintedModel, WideFeatureModel
+    from gradaudit.models.registry import MALICIOUS_MODELS
+    from gradaudit.models.trap import TrapWeightsModel
+    from gradaudit.models.vit import VisionTransformer
 
     assert MODELS == {"lenet": LeNet, "convnet": ConvNet, "resnet18": ResNet18, "mlp": TwoLayerMLP,
-                      "imprint": ImprintedModel, "wide-head": WideFeatureModel}
+                      "imprint": ImprintedModel, "wide-head": WideFeatureModel, "trap-weights": TrapWeightsModel,
+                      "fishing": FishingModel, "vit": VisionTransformer}
+    assert MALICIOUS_MODELS == {"imprint", "wide-head", "trap-weights", "fishing"}
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))

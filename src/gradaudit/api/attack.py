@@ -83,6 +83,22 @@ def attack_captured(observation: str | Path, config: RunConfig, out: str | Path,
     return rec, obs, paths
 
 
+def attack_threats() -> list[dict[str, Any]]:
+    """Which attack applies to which threat model (``gradaudit list --threats``): per attack, the server it
+    needs (honest: any model; malicious: the server-sent models named), whether it uses the labels, the prior
+    it brings, the largest batch it reconstructs, whether it attacks a secure aggregate, and a note."""
+    from ..attacks.registry import attack_names, attack_threat
+
+    rows = []
+    for name in attack_names():
+        t = attack_threat(name)
+        rows.append({"attack": name, "server": t.server, "server sends": ", ".join(t.models) or "any model",
+                     "labels": "uses (or recovers)" if t.labels == "uses" else "not needed",
+                     "prior": t.prior, "batch": "any" if t.max_batch is None else f"<= {t.max_batch}",
+                     "secure aggregate": "yes" if t.aggregate else "no", "note": t.note})
+    return sorted(rows, key=lambda r: (r["server"] != "honest", r["attack"]))
+
+
 # ------------------------------------------------------------------------------------------------- demo
 #: one crop each of four different embedded photos
 DEMO_IMAGES = (3, 20, 45, 60)

@@ -13,6 +13,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from ..threat.observation import Observation
+from ..threat.threat_model import AttackThreat
 
 #: progress callback: (iterations done, iterations total, current best matching loss)
 ProgressFn = Callable[[int, int, float], None]
@@ -54,6 +55,9 @@ class Attack(ABC):
     """Base class of all reconstruction attacks."""
 
     name: str = "attack"
+    #: the threat model the attack needs (server, server-sent model, labels, prior, batch size): declared on each
+    #: attack class; :func:`gradaudit.threat.threat_model.applies` checks it against an observation
+    threat: AttackThreat = AttackThreat()
     #: may this attack import a ``package.module:factory`` it is given (a generator prior)? Set by the caller's
     #: explicit choice (:func:`gradaudit.attacks.build_attack`'s ``trust_code``), never by a file
     trust_code: bool = False

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, create_model
 
 from ..errors import ConfigError, unknown_name
 from ..trust import refuse_untrusted
+from ..threat.threat_model import AttackThreat
 from .base import ATTACKS, Attack
 from .matching.engine import GradientMatchingAttack
 from .matching.presets import PRESETS, preset_config
@@ -40,6 +41,22 @@ _discover()
 
 def attack_names() -> list[str]:
     return sorted([*PRESETS, *ATTACKS])
+
+
+def attack_threat(name: str) -> AttackThreat:
+    """The threat model attack ``name`` needs (:mod:`gradaudit.threat.threat_model`): declared on the attack
+    class, or for a gradient-matching preset read from its settings (a generator parameterisation brings a
+    pretrained generator as prior; the BN regulariser uses the batch's BN statistics when the server has them)."""
+    if name in ATTACKS:
+        return ATTACKS[name].threat
+    if name not in PRESETS:
+        raise unknown_name("attack", name, attack_names())
+    settings = PRESETS[name]
+    generator = settings.get("parameterization") in ("latent", "generator", "gias")
+    notes = {"dip": "deep image prior: an untrained generator's architecture as the prior",
+             "gradinversion": "uses the batch's BN statistics when the server knows them"}
+    note = notes.get(name, "pretrained generator as the image prior" if generator else "gradient matching")
+    return AttackThreat(server="honest", labels="uses", prior="generator" if generator else "none", note=note)
 
 
 def build_attack(name: str, *, device: str | torch.device = "cpu", seed: int = 0, trust_code: bool = False,

@@ -97,6 +97,7 @@ def attack(
                                               trust_code=trust_model_code, allow_legacy=allow_legacy)
         warn(obs.legacy)
         print_files(paths)
+        console.print(f"threat model: {obs.threat_model.label()}", markup=False, highlight=False)
         console.print(f"No ground truth for a captured observation: scores not computed. "
                       f"Final matching loss {rec.matching_loss:.4g} in {rec.seconds:.1f} s.")
         return
@@ -106,16 +107,34 @@ def attack(
                                     save_observations=save_observation, trust_code=trust_model_code)
     print_files(paths)
     console.print(summary_table([summarize(label, results)], title=f"{cfg.attack.preset} on {cfg.model.name}"))
+    console.print(f"threat model: {results[0].observation.threat_model.label()}", markup=False, highlight=False)
 
 
-def list_() -> None:
-    """List the datasets, models, attacks and defenses by name."""
+def list_(threats: bool = typer.Option(False, "--threats", help="Which attack applies to which threat model "
+                                                                 "(server, labels, prior, batch, aggregation)."),
+          ) -> None:
+    """List the datasets, models, attacks and defenses by name (--threats: the attacks' threat models)."""
     from ..attacks.registry import attack_names
     from ..data import DATASETS
     from ..defenses.registry import DEFENSES
-    from ..models.registry import MODELS
+    from ..models.registry import MALICIOUS_MODELS, MODELS
 
-    for title, names in (("datasets", DATASETS), ("models", list(MODELS) + ["package.module:factory"]),
+    if threats:
+        from rich.table import Table
+
+        from ..api.attack import attack_threats
+
+        rows = attack_threats()
+        table = Table(title="attacks by threat model (honest: sees the update of the model it sends; malicious: "
+                            "sends a changed model)")
+        for column in rows[0]:
+            table.add_column(column, overflow="fold", no_wrap=column in ("attack", "server"))
+        for row in rows:
+            table.add_row(*(str(v) for v in row.values()))
+        console.print(table)
+        return
+    models = [f"{m} (malicious)" if m in MALICIOUS_MODELS else m for m in MODELS] + ["package.module:factory"]
+    for title, names in (("datasets", DATASETS), ("models", models),
                          ("attacks", attack_names()), ("defenses", DEFENSES)):
         console.print(f"[bold]{title}[/bold]: {', '.join(names)}", soft_wrap=True)
 

@@ -27,6 +27,7 @@ def inspect(path: Path = typer.Argument(..., help="NAME.json, NAME.safetensors o
                   f"local_lr={obs.local_lr} labels_known={meta['labels_known']} "
                   f"bn_statistics_known={meta['bn_statistics_known']} defenses={obs.defenses or 'none'}",
                   markup=False, highlight=False)
+    console.print(f"threat model: {obs.threat_model.label()}", markup=False, highlight=False)
     table = Table(title="update")
     for col in ("tensor", "shape", "norm", "max |u|", "zeros %"):
         table.add_column(col, justify="left" if col == "tensor" else "right")

@@ -147,6 +147,7 @@ class StrongestRow:
     n_attacks: int
     failed: int = 0                  # failed cells of this defense and batch size
     attacks: list[AttackScore] = field(default_factory=list)
+    threat_model: str = ""           # the best attack's threat model (server, labels, BN, aggregation, update)
 
 
 def _best(scores: list[AttackScore], metric: str) -> tuple[Optional[float], Optional[str]]:
@@ -197,8 +198,15 @@ def strongest_attack_table(store: ResultsStore, metric: str = "psnr") -> list[St
             strength_value=name.value, batch_size=b, attack=best_attack, n_samples=best.n, psnr=psnr,
             psnr_attack=psnr_attack, ssim=_best(scores, "ssim")[0], mse=_best(scores, "mse")[0], rmse=rmse,
             rmse_attack=rmse_attack, lpips=lpips, lpips_attack=lpips_attack, label_acc=best.label_acc,
-            n_attacks=len(scores), failed=failed.get((setting, defense, b), 0), attacks=scores))
+            n_attacks=len(scores), failed=failed.get((setting, defense, b), 0), attacks=scores,
+            threat_model=_threat_label(by_attack[best_attack])))
     return sorted(rows, key=_sort_key)
+
+
+def _threat_label(cells: list[CellRow]) -> str:
+    """The threat model of an attack's cells, as recorded by the cell (older stores: empty)."""
+    labels = sorted({(c.metrics.get("threat_model") or {}).get("label", "") for c in cells} - {""})
+    return "; ".join(labels)
 
 
 # ------------------------------------------------------------------------------------------- best images
@@ -347,6 +355,7 @@ STRONGEST_COLUMNS: list[tuple[str, str, str]] = [
     ("PSNR (dB, max)", "psnr", ".2f"), ("SSIM (max)", "ssim", ".3f"), ("RMSE (min)", "rmse", ".4f"),
     ("MSE (min)", "mse", ".5f"), ("LPIPS (min)", "lpips", ".3f"), ("label acc", "label_acc", ".2f"),
     ("n", "n_samples", "d"), ("attacks", "n_attacks", "d"), ("failed", "failed", "d"),
+    ("threat model", "threat_model", "s"),
 ]
 POINT_COLUMNS: list[tuple[str, str, str]] = [
     ("setting", "setting", "s"), ("defense", "defense", "s"), ("family", "family", "s"),

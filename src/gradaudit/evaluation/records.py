@@ -36,10 +36,21 @@ def reconstruction_record(rec: Reconstruction) -> dict[str, Any]:
             "hyperparameters": rec.config}
 
 
+def _attack_threat(name: str) -> dict[str, Any] | None:
+    from ..attacks.registry import attack_threat
+
+    try:
+        return attack_threat(name).to_dict()
+    except Exception:  # an attack built outside the registry (a user's subclass): nothing declared
+        return None
+
+
 def result_record(result) -> dict[str, Any]:
     """Everything measured in one AuditResult, JSON-ready (NaN/inf become null)."""
     return json_ready({
         "defenses": result.defenses,
+        "threat_model": result.observation.threat_model.to_dict(),
+        "attack_threat": _attack_threat(result.reconstruction.attack),
         "batch_size": result.observation.batch_size,
         "true_labels": None if result.true_labels is None else result.true_labels.tolist(),
         "scores": None if result.scores is None else result.scores.to_dict(),

@@ -84,7 +84,7 @@ def measurement_prior(public_images: torch.Tensor, measurement: str = "mean-brig
     return float(h.mean()), float(h.std()) if h.numel() > 1 else 1.0
 
 
-@register_model("imprint")
+@register_model("imprint", malicious=True)
 class ImprintedModel(nn.Module):
     """A base network behind Robbing the Fed's imprint block (see the module docstring).
 
@@ -150,7 +150,7 @@ def wide_layout(width: int, trained_fraction: float) -> tuple[int, int]:
     return int(round(float(trained_fraction) * int(width))), int(width)
 
 
-@register_model("wide-head")
+@register_model("wide-head", malicious=True)
 class WideFeatureModel(nn.Module):
     """A backbone whose classifier is preceded by a wide linear layer of partly random Gaussian neurons.
 

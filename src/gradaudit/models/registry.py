@@ -21,14 +21,19 @@ from ..trust import is_code_reference, load_code_reference, trusting_code
 #: name -> architecture, filled by :func:`register_model` where each architecture is defined (the modules are
 #: imported by :mod:`gradaudit.models`)
 MODELS: dict[str, Callable[..., nn.Module]] = {}
+#: the models a malicious server sends (changed for an attack): their observations' threat model says so
+MALICIOUS_MODELS: set[str] = set()
 
 
-def register_model(name: str):
-    """Class (or factory) decorator: build it for ``ModelSpec(name, ...)``."""
+def register_model(name: str, *, malicious: bool = False):
+    """Class (or factory) decorator: build it for ``ModelSpec(name, ...)``. ``malicious``: a model only a
+    malicious server sends (:mod:`gradaudit.threat.threat_model`)."""
     def decorate(factory):
         if name in MODELS:
             raise ValueError(f"model '{name}' is registered twice")
         MODELS[name] = factory
+        if malicious:
+            MALICIOUS_MODELS.add(name)
         return factory
     return decorate
 

@@ -16,6 +16,7 @@ from ..data.image_grid import save_reconstruction_grid
 from ..evaluation.deployment.config import Deployment
 from ..evaluation.deployment.plan import RiskRanking
 from ..evaluation.deployment.verdict import Verdict
+from ..threat.threat_model import ThreatModel
 from .html import _e, _head, _img, _table, write_page
 from .tables import to_markdown, write_dict_csv
 
@@ -116,7 +117,11 @@ def _threat_model(dep: Deployment, victim: dict[str, Any]) -> list[tuple[str, st
     src = {"user": f"the user's weights ({victim.get('path')})", "fresh": "a fresh initialisation",
            "trained": f"trained by the audit on the public part ({victim.get('epochs')} epochs, "
                       f"{victim.get('images')} images, training accuracy {victim.get('final_accuracy', 0):.1%})"}
-    return [("model", f"{dep.model.name} {dep.model.kwargs or ''}".strip()),
+    threat = ThreatModel(server="malicious" if dep.audit.malicious_server else "honest", labels=c.labels_known,
+                         bn_statistics="known" if c.bn_statistics_known else "n/a", clients=1,
+                         update="FedSGD" if c.protocol == "fedsgd" else "FedAvg")
+    return [("threat model", threat.label()),
+            ("model", f"{dep.model.name} {dep.model.kwargs or ''}".strip()),
             ("victim weights", src.get(victim.get("source"), "?")),
             ("data", f"{dep.data.name}, split '{dep.data.split}' is the clients' private data"),
             ("client", client),
@@ -134,6 +139,9 @@ def _not_tried(dep: Deployment, verdict: Verdict) -> list[str]:
     if not dep.audit.malicious_server:
         out.append("malicious-server attacks (Robbing the Fed, trap weights, fishing): the deployment declares an "
                    "honest server; set audit.malicious_server: true to include them")
+    else:
+        out.append("fishing (Wen et al. 2022): it targets one class the server chooses; run it with audit.attacks "
+                   "and model fishing (target_class)")
     if dep.audit.prior is None:
         out.append("generative-prior attacks (GI-z/GI-w/GIAS): no prior given (audit.prior)")
     if not dep.clients.labels_known:

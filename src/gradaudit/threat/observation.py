@@ -27,6 +27,7 @@ from ..checked_files import pair_paths, read_checked, write_checked
 from ..errors import ConfigError, ObservationError
 from ..models.registry import ModelSpec
 from .local_training import LocalTraining
+from .threat_model import ThreatModel
 
 UpdateKind = Literal["gradient", "local_update"]
 FORMAT_VERSION = 1
@@ -200,6 +201,27 @@ class Observation:
                              momentum=self.local_momentum, weight_decay=self.local_weight_decay)
 
     @property
+    def threat_model(self) -> ThreatModel:
+        """The threat model this update was observed under, named by what the server knows and controls
+        (:mod:`.threat_model`): derived from the fields above, so it cannot disagree with them."""
+        from ..models.registry import MALICIOUS_MODELS
+
+        if self.bn_statistics is not None:
+            bn = "known"
+        else:
+            bn = "unknown" if any(k.endswith("running_mean") for k in self.buffers) else "n/a"
+        if self.update_kind == "gradient":
+            update = "FedSGD"
+        elif self.local_batch_size is None:
+            update = f"FedAvg ({self.local_steps} full-batch steps)"
+        else:
+            update = f"FedAvg ({self.local_epochs} epochs of minibatches of {self.local_batch_size})"
+        clients = self.extras.get("num_clients", 1)
+        return ThreatModel(server="malicious" if self.model.name in MALICIOUS_MODELS else "honest",
+                           labels=self.labels is not None, bn_statistics=bn,
+                           clients=clients if isinstance(clients, int) and clients >= 1 else 1, update=update)
+
+    @property
     def gradient_estimate(self) -> dict[str, torch.Tensor]:
         """The update expressed as a mean gradient: g* itself, or (theta_0 - theta_K) / (K lr) for FedAvg."""
         if self.update_kind == "gradient":
@@ -229,6 +251,7 @@ class Observation:
             "labels_known": self.labels is not None, "bn_statistics_known": self.bn_statistics is not None,
             "num_bn_layers": 0 if self.bn_statistics is None else len(self.bn_statistics),
             "defenses": list(self.defenses), "extras": self.extras,
+            "threat_model": self.threat_model.to_dict(),
         }
 
     def save(self, path: str | Path) -> tuple[Path, Path]:

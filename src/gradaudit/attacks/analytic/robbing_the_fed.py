@@ -36,6 +36,7 @@ import torch
 
 from ...errors import ConfigError
 from ...threat.observation import Observation
+from ...threat.threat_model import AttackThreat
 from ..base import Attack, ProgressFn, Reconstruction, register_attack
 
 
@@ -56,6 +57,8 @@ class RobbingTheFed(Attack):
     """
 
     name = "robbing-the-fed"
+    threat = AttackThreat(server="malicious", models=("imprint",), labels="ignores",
+                          note="reads single samples out of the imprint block's bins")
 
     def __init__(self, layer: str = "imprint", rtol: float = 1e-5, range_tol: float = 0.02,
                  order: str = "bins", device: str | torch.device = "cpu", seed: int = 0) -> None:

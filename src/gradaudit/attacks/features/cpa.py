@@ -112,6 +112,7 @@ import torch
 
 from ...errors import ConfigError
 from ...threat.observation import Observation
+from ...threat.threat_model import AttackThreat
 from ..base import Attack, ProgressFn, Reconstruction, register_attack
 from ...models.registry import build_model
 from .inversion import invert_features
@@ -208,6 +209,8 @@ class CocktailPartyAttack(Attack):
     """
 
     name = "cpa"
+    threat = AttackThreat(server="honest", labels="ignores",
+                          note="independent component analysis of a fully connected layer's gradient")
 
     def __init__(self, iterations: int = 1500, lr: float = 0.01, decor: float = 1e-3, temperature: float = 5.0,
                  tv: float = 1e-2, box: float = 1.0, scale: str = "bias", layer: str | None = None,

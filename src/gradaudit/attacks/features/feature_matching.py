@@ -38,6 +38,7 @@ from torch.func import functional_call
 
 from ...errors import ConfigError, unknown_name
 from ...threat.observation import Observation
+from ...threat.threat_model import AttackThreat
 from ..base import ProgressFn, Reconstruction, register_attack
 from ..matching.engine import GradientMatchingAttack, MatchingConfig
 from .tensor_attack import reconstruct_observation_features
@@ -106,6 +107,8 @@ class FeatureMatchingAttack(GradientMatchingAttack):
     """
 
     name = "feature-matching"
+    threat = AttackThreat(server="malicious", models=("wide-head",), labels="uses",
+                          note="matches the features the wide head's gradient reveals")
 
     def __init__(self, feature_weight: float = 0.1, feature_loss: str = "auto", subspace_above: int = 8,
                  layer: str = "wide", head: str = "classifier", tensor_restarts: int = 8,

@@ -44,6 +44,7 @@ import torch
 
 from ...errors import ConfigError
 from ...threat.observation import Observation
+from ...threat.threat_model import AttackThreat
 from ..base import Attack, ProgressFn, Reconstruction, register_attack
 from .tensor import FeatureReconstruction, reconstruct_features
 
@@ -163,6 +164,8 @@ class TensorFeatureAttack(Attack):
     """
 
     name = "tensor-features"
+    threat = AttackThreat(server="malicious", models=("wide-head",), labels="ignores",
+                          note="tensor decomposition of the wide head's random neurons (features, not pixels)")
 
     def __init__(self, layer: str = "wide", head: str = "classifier", restarts: int = 8, iterations: int = 30,
                  subspace: str = "gradients", select: str = "residual", device: str | torch.device = "cpu",

@@ -36,6 +36,7 @@ from scipy.optimize import linear_sum_assignment
 from ...errors import ConfigError
 from ...threat.local_training import LocalTraining, sgd_step
 from ...threat.observation import Observation
+from ...threat.threat_model import AttackThreat
 from ..base import register_attack
 from .engine import GradientMatchingAttack, MatchingConfig, MatchingSetup, attack_labels
 from .objective import MatchingObjective, func_param_grad
@@ -141,6 +142,8 @@ class FedAvgLeakageAttack(GradientMatchingAttack):
     """
 
     name = "fedavg-leakage"
+    threat = AttackThreat(server="honest", labels="uses",
+                          note="simulates the client's local epochs of minibatches (FedAvg updates)")
 
     def __init__(self, consensus: float = 0.05, count_weight: float = 1.0, tv: float | None = None,
                  iterations: int = 400, lr: float = 0.1, signed: bool = True, restarts: int = 1,

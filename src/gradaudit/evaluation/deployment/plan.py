@@ -30,7 +30,9 @@ from ...data.sampling import class_spread
 from ...errors import ConfigError
 from ...models.registry import ModelSpec, build_model
 from ...models.weights import check_weights, load_weights, read_weights
+from ...attacks.registry import attack_threat
 from ...proxies.lavp import check_proxy_options, compute_proxies
+from ...threat.threat_model import ThreatModel, applies
 from ..sweep import AttackEntry, SweepConfig, parse_sweep
 from ..victims import write_victim
 from .config import Deployment
@@ -211,22 +213,35 @@ def audit_batches(dep: Deployment, plan: DataPlan, ranking: RiskRanking) -> list
     return out
 
 
+#: the honest-server closed forms and the victim they apply to (their threat model: ``attack_threat``)
+CLOSED_FORMS = {"spear": "mlp", "april": "vit"}
+
+
 def default_attacks(dep: Deployment) -> list[AttackEntry]:
     """The strongest attacks the deployment's threat model allows (``audit.attacks`` replaces them):
     the self-tuning Inverting Gradients; with minibatch FedAvg also the attack that simulates the client's epochs
-    (Dimitrov et al. 2022); with ``malicious_server`` Robbing the Fed's imprint module (the server changes the
-    model, so the victim's weights do not apply); with ``prior`` GIAS on that generator."""
+    (Dimitrov et al. 2022); the closed forms whose threat model fits the victim (SPEAR on the MLP's first layer,
+    APRIL on the ViT at B=1); with ``malicious_server`` Robbing the Fed's imprint module and trap weights (the
+    server changes the model, so the victim's weights do not apply); with ``prior`` GIAS on that generator."""
     its = {"iterations": dep.audit.iterations}
     c = dep.clients
     out = []
     if c.protocol == "fedavg" and c.local_batch_size is not None and c.local_batch_size < c.samples:
         out.append(AttackEntry(preset="fedavg-leakage", overrides=dict(its)))
     out.append(AttackEntry(preset="inverting-gradients", overrides=dict(its)))
+    threat = ThreatModel(server="honest", labels=c.labels_known, clients=1)
+    for name, victim in CLOSED_FORMS.items():
+        if dep.model.name == victim and applies(attack_threat(name), threat, victim, c.samples)[0]:
+            out.append(AttackEntry(preset=name))
     if dep.audit.malicious_server:
         base_kwargs = dict(dep.model.kwargs)
         out.append(AttackEntry(preset="robbing-the-fed", overrides={
             "model.name": "imprint", "model.weights": None,
             "model.kwargs": {"base": dep.model.name, "bins": 128, "base_kwargs": base_kwargs}}))
+        out.append(AttackEntry(preset="trap-weights", overrides={
+            "model.name": "trap-weights", "model.weights": None,
+            "model.kwargs": {"base": dep.model.name, "neurons": 128, "rate": round(1 / max(c.samples, 2), 4),
+                             "base_kwargs": base_kwargs}}))
     if dep.audit.prior is not None:
         out.append(AttackEntry(preset="gias", overrides={**its, "params": {"generator": dep.audit.prior}}))
     return out
