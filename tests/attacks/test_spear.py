@@ -88,3 +88,24 @@ def test_spear_refuses_models_without_the_layer_and_too_large_batches(data):
 def test_spear_declares_an_honest_server_threat_model():
     threat = attack_threat("spear")
     assert threat.server == "honest" and threat.labels == "ignores" and threat.models == ()
+
+
+def test_the_last_direction_follows_from_the_other_b_minus_1(data):
+    """The hardest sample (fewest neurons off) need not be drawn: a^T dW / a^T db with a orthogonal to the
+    B-1 known directions is its input, and its ReLU pattern gives its direction."""
+    import torch.nn.functional as F
+
+    obs, images, labels = _observe(data, [4, 12, 20, 28, 36, 44])
+    model = build_model(obs.model)
+    model.load_state_dict(obs.parameters, strict=False)
+    truth = []
+    for i in range(len(images)):
+        z1 = model.fc1(data.normalize(images[i:i + 1]).flatten(1))
+        g = torch.autograd.grad(F.cross_entropy(model.fc2(torch.relu(z1)), labels[i:i + 1]), z1)[0][0]
+        truth.append((g / g.norm()).double())
+    f64 = dict(dtype=torch.float64)
+    dw, db = obs.update["fc1.weight"].to(**f64), obs.update["fc1.bias"].to(**f64)
+    basis = torch.linalg.svd(dw, full_matrices=False).U[:, :6]
+    last = SPEAR._last_direction(truth[:5], basis, dw, db, obs.parameters["fc1.weight"].to(**f64),
+                                 obs.parameters["fc1.bias"].to(**f64), 1e-4)
+    assert last is not None and abs(float(last[0] @ truth[5])) > 1 - 1e-6

@@ -424,8 +424,9 @@ def validate_cells(cells: list[Cell], *, trust_code: bool = False) -> None:
     batch of every cell (batch size vs dataset size, explicit indices), models (built once per distinct
     architecture), and defenses that need a model property (DP-SGD refuses batch norm).
     """
-    from ..attacks.registry import build_attack
+    from ..attacks.registry import attack_threat, build_attack
     from ..data import load_dataset
+    from ..threat.threat_model import ThreatModel, applies
     from ..models.layers import has_batchnorm
     from ..models.registry import ModelSpec, build_model
     from ..defenses.registry import defense_info
@@ -466,7 +467,12 @@ def validate_cells(cells: list[Cell], *, trust_code: bool = False) -> None:
                                   f"'{cfg.model.name}' (with batch norm) does not have; use a model without "
                                   "BatchNorm (lenet, mlp, convnet with model.kwargs.norm=none)")
             specs = [parse_defense(s) for s in cfg.defenses]
-            split_defenses(specs)
+            _, secagg = split_defenses(specs)
+            clients = 1 if secagg is None else secagg.num_clients
+            fits, why = applies(attack_threat(cfg.attack.preset), ThreatModel(clients=clients), cfg.model.name,
+                                cfg.threat.batch_size * clients)
+            if not fits:
+                raise ConfigError(f"attack '{cfg.attack.preset}' does not apply to this cell's threat model: {why}")
             other_clients(len(dataset), choose_indices(len(dataset), cfg.threat.batch_size, cfg.seed,
                                                        cfg.data.indices), split_defenses(specs)[1], cfg.seed)
         except GradauditError as e:

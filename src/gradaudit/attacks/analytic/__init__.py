@@ -1,8 +1,13 @@
-"""Analytic attacks: closed-form sample recovery, no optimisation (Robbing the Fed's imprint block)."""
+"""Analytic attacks: closed-form sample recovery, no optimisation.
+
+Honest server: SPEAR (exact batches from a linear layer followed by ReLU) and APRIL (B=1 through a ViT's position
+embedding). Malicious server (a model it changed): Robbing the Fed's imprint block, trap weights, class fishing.
+"""
 
 from .april import APRIL
-from .robbing_the_fed import RobbingTheFed
-from .trap_weights import TrapWeights
 from .fishing import Fishing
+from .robbing_the_fed import RobbingTheFed
+from .spear import SPEAR
+from .trap_weights import TrapWeights
 
-__all__ = ["APRIL", "RobbingTheFed", "TrapWeights", "Fishing"]
+__all__ = ["APRIL", "Fishing", "RobbingTheFed", "SPEAR", "TrapWeights"]

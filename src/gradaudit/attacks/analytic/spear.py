@@ -19,8 +19,10 @@ with g_j = dL_j/dz_j in R^m (m neurons) and G = [g_1 ... g_B]. Two facts make it
 The attack samples sets of B - 1 neurons (vectorised: thousands of small solves at once), keeps a candidate
 c = U q when it has many more zeros than the B - 1 it was built on (``min_zeros``), refines it on its whole
 zero set (the null vector of those rows, in float64), and removes duplicates. A set drawn from the common
-zeros of two samples yields a mixture with fewer zeros (about m/4): candidates are ranked by their number of
-zeros and taken greedily while linearly independent. With B directions c_j = g_j / lambda_j the batch
+zeros of two samples yields a mixture c in the span of both, zero only where both are: of three coplanar
+candidates the one with the fewest zeros is the mixture and is dropped (correlated images share so many zeros
+that a mixture can out-count a third sample's true direction). The rest are ranked by their number of zeros and
+taken greedily while linearly independent; the search goes on until the B chosen pass the ReLU check below. With B directions c_j = g_j / lambda_j the batch
 follows in closed form, without the unknown scales:
 
     Y = C^+ dW = (1/B) diag(lambda) X^T,    mu = C^+ db = (1/B) lambda,    x_j = Y_j / mu_j.
@@ -79,7 +81,7 @@ class SPEAR(Attack):
         min_zeros: a candidate is kept when it has at least this fraction of m zeros (and at least 2B).
         chunk: neuron sets drawn per vectorised step.
         max_samples: give up after this many sets.
-        time_budget: or after this many seconds (None: no limit).
+        time_budget: or after this many seconds (None: no limit; B = 20 takes 10-30 s on one CPU thread).
 
     ``config`` reports ``directions`` (independent directions found), ``exact`` (B found, every sample
     ReLU-consistent, and dW of numerical rank B: ``rank_gap`` >= 1e3), ``consistent`` (per sample), ``samples`` (sets drawn), ``noise_floor``, ``rank_gap``
@@ -95,7 +97,7 @@ class SPEAR(Attack):
                           note="low rank + ReLU sparsity of one linear layer's gradient (the MLP's fc1)")
 
     def __init__(self, layer: str = "fc1", head: str | None = "fc2", rtol: float = 1e-4, min_zeros: float = 0.15,
-                 chunk: int = 8192, max_samples: int = 50_000_000, time_budget: float | None = None,
+                 chunk: int = 8192, max_samples: int = 10**12, time_budget: float | None = 120.0,
                  device: str | torch.device = "cpu", seed: int = 0) -> None:
         if not (0 < min_zeros < 1):
             raise ConfigError(f"spear min_zeros must be a fraction in (0, 1), got {min_zeros}")
@@ -128,7 +130,7 @@ class SPEAR(Attack):
         return weight.to(**f64), obs.parameters[bname].to(**f64), grads[wname].to(**f64), grads[bname].to(**f64)
 
     def _search(self, basis: torch.Tensor, tol: float, need_zeros: int, b: int, deadline: float,
-                progress: ProgressFn | None, done) -> tuple[list[torch.Tensor], list[int], int]:
+                progress: ProgressFn | None, done, refine: bool) -> tuple[list[torch.Tensor], list[int], int]:
         """Draw sets of B-1 neurons until ``done(found, zeros)`` (B independent directions whose inputs are all
         ReLU-consistent) or the budget ends. Returns the refined unit directions c = U q, their zero counts and
         the number of sets drawn."""
@@ -164,10 +166,17 @@ class SPEAR(Attack):
             for h, direction in zip(hits[order].tolist(), unit[order]):
                 if fresh and float((torch.stack(found[-fresh:]).to(torch.float32) @ direction).abs().max()) > 0.999:
                     continue
-                zeros = (c[h].abs() <= max(tol, 1e-3) * scale[h]).nonzero().flatten()
-                qr = refine_direction(basis, zeros)
-                cr = basis @ qr
+                # the same B-1 neurons again in float64: the true zeros are then exact to ~1e-12 and a random
+                # entry that the loose float32 screen took for a zero cannot bend the direction
+                if b == 1:
+                    q64 = torch.ones(1, dtype=torch.float64, device=basis.device)
+                else:
+                    q64 = null_vectors(basis[idx[h]].unsqueeze(0))[0][0]
+                cr = basis @ q64
                 zmask = cr.abs() <= tol * cr.abs().max()
+                if refine:  # a noisy update: fit the direction to its whole zero set instead of B-1 rows
+                    cr = basis @ refine_direction(basis, zmask.nonzero().flatten())
+                    zmask = cr.abs() <= tol * cr.abs().max()
                 nz = int(zmask.sum())
                 if nz < need_zeros:
                     continue
@@ -178,7 +187,7 @@ class SPEAR(Attack):
                 zeros_of.append(nz)
                 fresh += 1
             if progress is not None:
-                progress(min(len(found), b), b, float(drawn))
+                progress(min(len(found), b), b, 0.0)
             if fresh and done(found, zeros_of):
                 break
             if b == 1:
@@ -186,19 +195,66 @@ class SPEAR(Attack):
         return found, zeros_of, drawn
 
     @staticmethod
-    def _independent(found: list[torch.Tensor], zeros_of: list[int], b: int) -> list[int] | None:
-        """Greedy: the directions with the most zeros first, kept while linearly independent; B of them or None."""
-        if len(found) < b:
+    def _mixtures(found: list[torch.Tensor], masks: list[torch.Tensor]) -> set[int]:
+        """Directions that are mixtures of two others. A set of neurons off for two samples s and j yields
+        c in span{c_s, c_j}, zero only where both are, so its zero set lies inside both of theirs. Correlated
+        images share many zeros, so a mixture can have more zeros than a third sample's true direction: it is
+        removed by this test (zero set inside two others' and c in their span), not by its count."""
+        n = len(found)
+        if n < 3:
+            return set()
+        z = torch.stack(masks).to(torch.float64)                        # [n, m] zero masks
+        size = z.sum(1)
+        inside = (z @ z.T >= size[:, None] - 0.5) & (size[None, :] > size[:, None])   # Z_i inside Z_j, j larger
+        mixed = set()
+        for i in torch.nonzero(inside.sum(1) >= 2).flatten().tolist():
+            parents = torch.nonzero(inside[i]).flatten().tolist()
+            for a in range(len(parents)):
+                for b in range(a + 1, len(parents)):
+                    pair = torch.stack([found[parents[a]], found[parents[b]]], dim=1)
+                    coef = torch.linalg.lstsq(pair, found[i].unsqueeze(1)).solution
+                    if float((pair @ coef).squeeze(1).sub(found[i]).norm()) < 1e-6:
+                        mixed.add(i)
+                        break
+                if i in mixed:
+                    break
+        return mixed
+
+    @staticmethod
+    def _last_direction(known: list[torch.Tensor], basis: torch.Tensor, dw: torch.Tensor, db: torch.Tensor,
+                        weight: torch.Tensor, bias: torch.Tensor, tol: float) -> tuple[torch.Tensor, int] | None:
+        """The B-th direction from B-1 known ones, without drawing it. The vector a of span(U) orthogonal to
+        the known c_j sees only the missing sample: a^T dW = (a . c_B) y_B^T and a^T db = (a . c_B) mu_B, so
+        x_B = a^T dW / a^T db exactly; its ReLU pattern gives c_B's zero set, and c_B is the null vector of
+        U's rows there. Returns (unit c_B, its zeros) or None (no such x, or not enough zeros)."""
+        q = basis.T @ torch.stack(known, dim=1)                           # [B, B-1]
+        v = torch.linalg.svd(q.T, full_matrices=True).Vh[-1]
+        a = basis @ v
+        denom = float(a @ db)
+        if abs(denom) <= 1e-12 * float(a.norm() * db.norm()):
             return None
+        x = (a @ dw) / denom
+        off = torch.nonzero(weight @ x + bias < 0).flatten()
+        if len(off) < basis.shape[1]:
+            return None
+        c = basis @ refine_direction(basis, off)
+        return c / c.norm(), int((c.abs() <= tol * c.abs().max()).sum())
+
+    def _greedy(self, found: list[torch.Tensor], zeros_of: list[int], b: int,
+                masks: list[torch.Tensor] | None = None) -> list[int]:
+        """At most B directions: the most zeros first, kept while linearly independent (with ``masks``, the zero
+        sets, mixtures of two others are left out first)."""
+        mixed = self._mixtures(found, masks) if masks is not None else set()
         chosen: list[int] = []
         for i in sorted(range(len(found)), key=lambda i: -zeros_of[i]):
-            trial = torch.stack([found[j] for j in chosen + [i]], dim=1)
-            s = torch.linalg.svdvals(trial)
+            if i in mixed:
+                continue
+            s = torch.linalg.svdvals(torch.stack([found[j] for j in chosen + [i]], dim=1))
             if s[-1] > 1e-6 * s[0]:
                 chosen.append(i)
             if len(chosen) == b:
-                return chosen
-        return None
+                break
+        return chosen
 
     def reconstruct(self, observation: Observation, progress: ProgressFn | None = None) -> Reconstruction:
         t0 = time.perf_counter()
@@ -209,19 +265,34 @@ class SPEAR(Attack):
         basis = u[:, :b]                                              # [m, B]: span of g_1..g_B
         floor = float(s[b] / s[b - 1]) if len(s) > b and s[b - 1] > 0 else 0.0
         tol = max(self.rtol, 3.0 * floor * math.sqrt(b))
+        gap = float(s[b - 1] / s[b]) if len(s) > b and s[b] > 0 else float("inf")
         need = max(2 * b, int(math.ceil(self.min_zeros * m)))
         deadline = t0 + (self.time_budget if self.time_budget is not None else float("inf"))
 
-        def done(found: list[torch.Tensor], zeros_of: list[int]) -> bool:
-            chosen = self._independent(found, zeros_of, b)
-            if chosen is None:
-                return False
-            _, _, consistent = self._solve(obs, weight, bias, dw, db, [found[i] for i in chosen], basis, tol)
-            return all(consistent)
+        def pick(found: list[torch.Tensor], zeros_of: list[int]) -> tuple[list[int], bool]:
+            """B directions whose inputs pass the ReLU check: the greedy choice, else the one without mixtures
+            (the mixture test is the costlier one, so it runs only when needed)."""
+            chosen: list[int] = []
+            for masks in (None, [f.abs() <= tol * f.abs().max() for f in found]):
+                chosen = self._greedy(found, zeros_of, b, masks)
+                if len(chosen) == b - 1 and b > 1:  # the hardest sample follows from the other B-1
+                    last = self._last_direction([found[i] for i in chosen], basis, dw, db, weight, bias, tol)
+                    if last is not None and last[1] >= need:
+                        if all(abs(float(last[0] @ f)) <= 1 - 1e-6 for f in found):
+                            found.append(last[0])
+                            zeros_of.append(last[1])
+                        chosen = self._greedy(found, zeros_of, b, None if masks is None else
+                                              [f.abs() <= tol * f.abs().max() for f in found])
+                if len(chosen) < b:
+                    continue
+                _, _, consistent = self._solve(obs, weight, bias, dw, db, [found[i] for i in chosen], basis, tol)
+                if all(consistent):
+                    return chosen, True
+            return chosen, False
 
-        found, zeros_of, drawn = self._search(basis, tol, need, b, deadline, progress, done)
-        chosen = self._independent(found, zeros_of, b)
-        picked = chosen if chosen is not None else self._partial(found, zeros_of, b)
+        found, zeros_of, drawn = self._search(basis, tol, need, b, deadline, progress,
+                                              lambda f, z: pick(f, z)[1], refine=gap < self.EXACT_GAP)
+        picked, _ = pick(found, zeros_of)
         directions, k = [found[i] for i in picked], len(picked)
         images, labels, consistent = self._solve(obs, weight, bias, dw, db, directions, basis, tol)
         label_source = "none"
@@ -230,7 +301,6 @@ class SPEAR(Attack):
             recovered, label_source = labels, "recovered (spear)"
         elif obs.labels is not None:
             recovered, label_source = obs.labels.detach().cpu().clone(), "given"
-        gap = float(s[b - 1] / s[b]) if len(s) > b and s[b] > 0 else float("inf")
         # exact: B directions, every input ReLU-consistent, and dW numerically of rank B (no noise on it)
         exact = k == b and all(consistent[:k]) and gap >= self.EXACT_GAP
         info = {"layer": self.layer, "directions": k, "exact": bool(exact), "consistent": consistent,
@@ -240,16 +310,6 @@ class SPEAR(Attack):
                 "labels_recovered": labels is not None and k == b, "update_kind": obs.update_kind}
         return Reconstruction(images=images, labels=recovered, attack=self.name, iterations=int(drawn),
                               seconds=time.perf_counter() - t0, label_source=label_source, config=info)
-
-    def _partial(self, found: list[torch.Tensor], zeros_of: list[int], b: int) -> list[int]:
-        """Fewer than B independent directions: the independent ones among those found (most zeros first)."""
-        chosen: list[int] = []
-        for i in range(len(found)):
-            trial = torch.stack([found[j] for j in chosen + [i]], dim=1)
-            s = torch.linalg.svdvals(trial)
-            if s[-1] > 1e-6 * s[0] and len(chosen) < b:
-                chosen.append(i)
-        return chosen
 
     def _solve(self, obs: Observation, weight: torch.Tensor, bias: torch.Tensor, dw: torch.Tensor,
                db: torch.Tensor, directions: list[torch.Tensor], basis: torch.Tensor,
