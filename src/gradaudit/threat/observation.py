@@ -258,7 +258,9 @@ class Observation:
         """Write ``path.safetensors`` and ``path.json`` (any suffix of ``path`` is replaced)."""
         tensors: dict[str, torch.Tensor] = {}
         for prefix, d in (("parameter/", self.parameters), ("update/", self.update), ("buffer/", self.buffers)):
-            tensors.update({prefix + k: v for k, v in d.items()})
+            # own storage per tensor: autograd may return gradients that are views of one buffer (the ViT's
+            # cls token and position embedding), which safetensors refuses to write
+            tensors.update({prefix + k: v.detach().clone() for k, v in d.items()})
         if self.labels is not None:
             tensors["labels"] = self.labels.to(torch.int64)
         for i, (m, v) in enumerate(self.bn_statistics or []):

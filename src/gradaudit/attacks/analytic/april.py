@@ -121,7 +121,10 @@ class APRIL(Attack):
             "patches": n, "patch_size": int(p), "rank": rank, "condition": condition, "residual": residual,
             "update_kind": obs.update_kind,
         }
-        return Reconstruction(
-            images=images, labels=None if obs.labels is None else obs.labels.detach().cpu().clone(),
-            attack=self.name, iterations=0, seconds=time.perf_counter() - t0,
-            label_source="given" if obs.labels is not None else "none", config=info)
+        labels, source = None, "none"
+        if obs.labels is not None:
+            labels, source = obs.labels.detach().cpu().clone(), "given"
+        elif "fc.bias" in obs.update:  # iDLG (Zhao et al. 2020): at B=1 the head's bias gradient is p - e_y
+            labels, source = obs.gradient_estimate["fc.bias"].argmin().view(1).cpu(), "idlg"
+        return Reconstruction(images=images, labels=labels, attack=self.name, iterations=0,
+                              seconds=time.perf_counter() - t0, label_source=source, config=info)
