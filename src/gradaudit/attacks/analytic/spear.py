@@ -139,8 +139,10 @@ class SPEAR(Attack):
         basis32 = basis.to(torch.float32)
         # neurons off for the whole batch have a zero row: they constrain nothing, never draw them
         live = basis.norm(dim=1) > 1e-9 * basis.norm(dim=1).max()
+        n_live = int(live.sum())
         found: list[torch.Tensor] = []
         zeros_of: list[int] = []
+        shared: set[bytes] = set()          # zero sets of draws whose neurons were off for several samples
         drawn = 0
         while drawn < self.max_samples and time.perf_counter() < deadline:
             t = min(self.chunk, self.max_samples - drawn)
@@ -148,9 +150,12 @@ class SPEAR(Attack):
                 q = torch.ones(1, 1, dtype=torch.float32)
                 ok = torch.ones(1, dtype=torch.bool)
             else:
-                # B-1 distinct live neurons, uniformly (top-k of uniform noise over the live ones)
-                noise = torch.rand(t, m, generator=gen).masked_fill_(~live, -1.0)
-                idx = noise.topk(b - 1, dim=1).indices.to(self.device)
+                # B-1 distinct live neurons, uniformly: consecutive blocks of random permutations of the live
+                # neurons (each block is a uniform draw; one sort serves n_live // (B-1) of them)
+                per = max(1, n_live // (b - 1))
+                perms = torch.rand(-(-t // per), m, generator=gen).masked_fill_(~live, -1.0).argsort(dim=1,
+                                                                                                  descending=True)
+                idx = perms[:, : per * (b - 1)].reshape(-1, b - 1)[:t].to(self.device)
                 q, ok = null_vectors(basis32[idx])
             drawn += t
             c = q @ basis32.T                                       # [t, m]
@@ -159,19 +164,29 @@ class SPEAR(Attack):
             hits = torch.nonzero(ok & (count >= need_zeros)).flatten()
             unit = c[hits] / c[hits].norm(dim=1, keepdim=True)
             if found:  # directions already found (most hits at small B) are dropped before any refinement
-                new = (unit @ torch.stack(found).to(torch.float32).T).abs().amax(dim=1) <= 0.999
+                new = (unit @ torch.stack(found).to(torch.float32).T).abs().amax(dim=1) <= 0.99
                 hits, unit = hits[new], unit[new]
             order = count[hits].argsort(descending=True)[: self.REFINE_PER_CHUNK]  # sparsest first
             fresh = 0
             for h, direction in zip(hits[order].tolist(), unit[order]):
-                if fresh and float((torch.stack(found[-fresh:]).to(torch.float32) @ direction).abs().max()) > 0.999:
+                if fresh and float((torch.stack(found[-fresh:]).to(torch.float32) @ direction).abs().max()) > 0.99:
+                    continue
+                # neurons off for two samples at once leave a 2-D null space: every such draw gives another
+                # vector of span{c_s, c_j}, all zero exactly on Z_s & Z_j, so that zero set marks them once seen
+                signature = (c[h].abs() <= max(tol, 1e-3) * scale[h]).numpy().tobytes()
+                if signature in shared:
                     continue
                 # the same B-1 neurons again in float64: the true zeros are then exact to ~1e-12 and a random
                 # entry that the loose float32 screen took for a zero cannot bend the direction
                 if b == 1:
                     q64 = torch.ones(1, dtype=torch.float64, device=basis.device)
                 else:
-                    q64 = null_vectors(basis[idx[h]].unsqueeze(0))[0][0]
+                    rows = basis[idx[h]]
+                    sv = torch.linalg.svdvals(rows)
+                    if sv[-1] < 1e-8 * sv[0]:
+                        shared.add(signature)
+                        continue
+                    q64 = null_vectors(rows.unsqueeze(0))[0][0]
                 cr = basis @ q64
                 zmask = cr.abs() <= tol * cr.abs().max()
                 if refine:  # a noisy update: fit the direction to its whole zero set instead of B-1 rows
