@@ -50,18 +50,24 @@ def _best_psnr(rec: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
     return torch.stack([psnr(rec, img.expand_as(rec)).max() for img in images])
 
 
+def _spear_trial(data, b: int, batch_seed: int, trial: int, defenses: tuple[str, ...], budget: float):
+    """One random batch of ``b`` photos (drawn with ``batch_seed``) through SPEAR: (reconstruction, each private
+    image's best PSNR, seconds)."""
+    g = torch.Generator().manual_seed(batch_seed)
+    idx = torch.randperm(len(data), generator=g)[:b].tolist()
+    obs, images = _observe(data, idx, defenses, seed=trial)
+    t0 = time.perf_counter()
+    rec = build_attack("spear", time_budget=budget, seed=trial).reconstruct(obs)
+    seconds = time.perf_counter() - t0
+    return rec, _best_psnr(rec.images, images), seconds
+
+
 def spear_rows(sizes: list[int], batches: int, budget: float) -> list[dict]:
     data = load_dataset("embedded")
     rows = []
     for b in sizes:
         for trial in range(batches):
-            g = torch.Generator().manual_seed(1000 * b + trial)
-            idx = torch.randperm(len(data), generator=g)[:b].tolist()
-            obs, images = _observe(data, idx, seed=trial)
-            t0 = time.perf_counter()
-            rec = build_attack("spear", time_budget=budget, seed=trial).reconstruct(obs)
-            seconds = time.perf_counter() - t0
-            best = _best_psnr(rec.images, images)
+            rec, best, seconds = _spear_trial(data, b, 1000 * b + trial, trial, (), budget)
             rows.append({"B": b, "trial": trial, "exact": bool((best >= EXACT_DB).all()),
                          "min_psnr": float(best.min()), "seconds": seconds, "sets": rec.config["samples"],
                          "found": rec.config["directions"]})
@@ -90,15 +96,10 @@ def defense_rows(b: int, batches: int, budget: float) -> list[dict]:
     rows = []
     for defenses in DEFENSES:
         for trial in range(batches):
-            g = torch.Generator().manual_seed(77 * b + trial)
-            idx = torch.randperm(len(data), generator=g)[:b].tolist()
-            obs, images = _observe(data, idx, defenses, seed=trial)
-            t0 = time.perf_counter()
-            rec = build_attack("spear", time_budget=budget, seed=trial).reconstruct(obs)
-            best = _best_psnr(rec.images, images)
+            rec, best, seconds = _spear_trial(data, b, 77 * b + trial, trial, defenses, budget)
             rows.append({"defense": " + ".join(defenses) or "none", "trial": trial,
                          "exact": bool((best >= EXACT_DB).all()), "mean_psnr": float(best.mean()),
-                         "above30": float((best > 30).float().mean()), "seconds": time.perf_counter() - t0,
+                         "above30": float((best > 30).float().mean()), "seconds": seconds,
                          "found": rec.config["directions"]})
             print(f"  {rows[-1]['defense']} trial {trial}: mean {best.mean():.1f} dB, "
                   f"{rows[-1]['above30']:.2f} > 30 dB, {rows[-1]['seconds']:.1f} s", flush=True)

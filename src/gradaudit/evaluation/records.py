@@ -38,10 +38,11 @@ def reconstruction_record(rec: Reconstruction) -> dict[str, Any]:
 
 def _attack_threat(name: str) -> dict[str, Any] | None:
     from ..attacks.registry import attack_threat
+    from ..errors import ConfigError
 
     try:
         return attack_threat(name).to_dict()
-    except Exception:  # an attack built outside the registry (a user's subclass): nothing declared
+    except ConfigError:  # an attack built outside the registry (a user's subclass): nothing declared
         return None
 
 
