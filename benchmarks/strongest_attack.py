@@ -8,7 +8,8 @@ with labels known is attacked three ways on the same gradient, one after another
 (a) ``inverting-gradients --tune off`` - the old fixed preset (TV 1e-3), ``time_budget = t_ref``;
 (c) ``inverting-gradients`` - the self-tuning attack (its default), ``time_budget = t_ref``.
 
-Reported per cell: mean PSNR / SSIM of each, the PSNR of the random start, the tuner's selection regret
+Reported per cell: mean PSNR / SSIM of each, the PSNR of the random start and of a flat image of the data's
+mean colour (what the server has without looking at the update), the tuner's selection regret
 (the best candidate's PSNR minus the selected one's, both scored after the fact) and its winners.
 ``--cost`` measures instead what K = 8 candidates under successive halving cost against one attack of the
 same iterations. Victims marked "trained" are trained first (``gradaudit victim train``: SGD, 8 epochs on
@@ -107,6 +108,13 @@ def random_start_psnr(obs, truth, seed: int) -> float:
     return float(score_reconstruction((x * std + mean).clamp(0, 1), truth).mean_psnr)
 
 
+def mean_colour_psnr(obs, truth) -> float:
+    """PSNR of a flat image of the data's mean colour (the normalisation's mean, which the server knows): what
+    an attacker gets without looking at the update. A reconstruction below it recovered nothing of the image."""
+    mean = torch.tensor(obs.data.mean).view(1, -1, 1, 1)
+    return float(score_reconstruction(mean.expand_as(truth).clone(), truth).mean_psnr)
+
+
 def run_cell(cell: Cell, args, out) -> None:
     ds = load_dataset(cell.dataset, image_size=cell.image_size)
     weights = victim_weights(cell, Path(args.victims))
@@ -115,7 +123,8 @@ def run_cell(cell: Cell, args, out) -> None:
         indices = list(dict.fromkeys(indices))[:cell.batch]
         obs, truth, labels = observation(cell, ds, indices, weights, args.seed)
         row = {"cell": cell.name, "image": index, "batch": cell.batch, "iterations_ref": args.iterations,
-               "random_start_psnr": random_start_psnr(obs, truth, args.seed)}
+               "random_start_psnr": random_start_psnr(obs, truth, args.seed),
+               "mean_colour_psnr": mean_colour_psnr(obs, truth)}
         t0 = time.perf_counter()
         ref = build_attack("ig-reference", iterations=args.iterations, seed=args.seed).reconstruct(obs)
         budget = time.perf_counter() - t0
@@ -147,19 +156,25 @@ def summary(path: Path) -> None:
     cells: dict[str, list[dict]] = {}
     for r in rows:
         cells.setdefault(r["cell"], []).append(r)
-    print("| cell | n | start | reference PSNR / SSIM | fixed preset | tuned | tuned - ref | regret median | "
-          "time per attack |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| cell | n | start | mean colour | reference PSNR / SSIM | fixed preset | tuned | tuned - ref | "
+          "regret median | time per attack |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, rs in cells.items():
-        m = lambda k: statistics.mean(r[k] for r in rs)  # noqa: E731
+        m = lambda k: statistics.mean(r.get(k, float("nan")) for r in rs)  # noqa: E731
         regrets = [r["regret_db"] for r in rs if r["regret_db"] is not None]
-        print(f"| {name} | {len(rs)} | {m('random_start_psnr'):.1f} | {m('reference_psnr'):.2f} / "
+        print(f"| {name} | {len(rs)} | {m('random_start_psnr'):.1f} | {m('mean_colour_psnr'):.1f} | "
+              f"{m('reference_psnr'):.2f} / "
               f"{m('reference_ssim'):.3f} | {m('fixed_psnr'):.2f} / {m('fixed_ssim'):.3f} | {m('tuned_psnr'):.2f} / "
               f"{m('tuned_ssim'):.3f} | {m('tuned_psnr') - m('reference_psnr'):+.2f} | "
               f"{statistics.median(regrets) if regrets else float('nan'):.2f} | {m('budget_s'):.0f} s |")
         below = sum(1 for r in rs if r["tuned_psnr"] < r["random_start_psnr"])
         if below:
             print(f"|   {name}: tuned below its random start on {below} of {len(rs)} images |")
+        flat = {k: sum(1 for r in rs if r[f"{k}_psnr"] < r.get("mean_colour_psnr", float("-inf")))
+                for k in ("reference", "fixed", "tuned")}
+        if any(flat.values()):
+            print(f"|   {name}: below the flat mean colour on " + ", ".join(f"{v} ({k})" for k, v in flat.items())
+                  + f" of {len(rs)} images |")
 
 
 def cost(args) -> None:

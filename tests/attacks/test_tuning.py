@@ -139,13 +139,37 @@ def test_consensus_scores():
     assert consensus_scores(x[:1]).tolist() == [0.0]
 
 
-def test_vmapped_and_looped_populations_agree(obs_truth):
-    obs, _ = obs_truth
-    kw = dict(tune="auto", grid={"tv": [1e-3, 0.1]}, iterations=6, eta=1)
+@pytest.mark.parametrize("eta", [1, 2])
+def test_vmapped_and_looped_populations_agree(obs_truth, eta):
+    obs, _ = obs_truth  # eta 2: 4 members halve to 2 and then 1, so the step leaves vmap for autograd mid-run
+    kw = dict(tune="auto", grid={"tv": [1e-3, 1e-2, 0.1, 1.0]}, iterations=16, eta=eta)
     a = GradientMatchingAttack(vectorize=True, **kw).reconstruct(obs)
     b = GradientMatchingAttack(vectorize=False, **kw).reconstruct(obs)
+    assert a.config["tuning"]["rungs"] == b.config["tuning"]["rungs"]
     for k in a.candidates:
         torch.testing.assert_close(a.candidates[k][0], b.candidates[k][0], atol=1e-4, rtol=1e-4)
+
+
+def test_population_step_uses_vmap_only_while_enough_members_are_alive(obs_truth, monkeypatch):
+    from gradaudit.attacks.matching import engine
+
+    calls: list[tuple[bool, int]] = []
+    real = engine.member_step
+
+    def spy(objective, joint, vectorize):
+        inner = real(objective, joint, vectorize)
+
+        def step(theta, const, labels, dist_w, reg_w):
+            calls.append((vectorize, labels.shape[0]))
+            return inner(theta, const, labels, dist_w, reg_w)
+        return step
+
+    monkeypatch.setattr(engine, "member_step", spy)
+    obs, _ = obs_truth
+    GradientMatchingAttack(tune="auto", grid={"tv": [1e-3, 1e-2, 0.1, 1.0]}, iterations=16).reconstruct(obs)
+    sizes = {n for _, n in calls}
+    assert {4, 2, 1} <= sizes  # the halving ran: 4 -> 2 -> 1 members
+    assert all(vec == (n >= engine.VMAP_MIN_MEMBERS) for vec, n in calls if n > 0)
 
 
 def test_lbfgs_candidates_are_halved_too(obs_truth):
@@ -157,7 +181,8 @@ def test_lbfgs_candidates_are_halved_too(obs_truth):
     assert all(c["score"] is not None for c in tuning["candidates"])
 
 
-@pytest.mark.parametrize("model, family, weights", [("lenet", "plain", [1e-3, 0.1]), ("convnet", "batch-norm", [1e-2, 3e-2]),
+@pytest.mark.parametrize("model, family, weights", [("lenet", "plain", [1e-3, 0.1]), ("mlp", "plain", [1e-3, 0.1]),
+                                                    ("convnet", "batch-norm", [1e-2, 3e-2]),
                                                     ("resnet18", "deep-batch-norm", [0.3, 1.0])])
 def test_auto_tuning_runs_the_candidates_of_the_victim_s_family(model, family, weights):
     spec = ModelSpec(model, 10, (3, 16, 16))
