@@ -192,3 +192,29 @@ def test_auto_tuning_runs_the_candidates_of_the_victim_s_family(model, family, w
     setup = build_attack("inverting-gradients").setup(obs)
     assert setup.family == family and [c.weights["tv"] for c in setup.candidates] == weights
     assert len(build_attack("inverting-gradients", tune="wide").setup(obs).candidates) == 8
+
+
+def test_contrast_is_restored_with_a_few_bn_layers_and_never_in_a_deep_bn_family():
+    """A low-contrast copy of the private image fits a BN ConvNet's update as well as the image (first conv + BN
+    hide the contrast): the ``batch-norm`` family restores it, the ``deep-batch-norm`` family never does."""
+    from dataclasses import replace
+
+    from gradaudit.attacks.matching.loop import Archived, LoopResult
+
+    spec = ModelSpec("convnet", 10, (3, 16, 16))
+    torch.manual_seed(0)
+    truth = torch.nn.functional.avg_pool2d(torch.rand(1, 3, 16, 16), 3, 1, 1)
+    obs = Client(build_model(spec), spec, DATA, knowledge=ServerKnowledge(labels=True)).share(truth, torch.tensor([2]))
+    attack = build_attack("inverting-gradients")
+    setup = attack.setup(obs)
+    assert setup.family == "batch-norm"
+    x = (truth - 0.5) / 0.25  # normalised
+    mu = x.mean(dim=(0, 2, 3), keepdim=True)
+    flat = mu + 0.3 * (x - mu)
+    restored = {}
+    for family in ("batch-norm", "deep-batch-norm"):
+        result = LoopResult(archive={0: Archived(flat.clone(), torch.tensor([2]), 0.25, 10, 10)})
+        attack._restore_contrast(replace(setup, family=family), attack._population(setup, setup.candidates), result)
+        restored[family] = (result.archive[0].contrast_restored, result.archive[0].x)
+    assert restored["batch-norm"][0] and restored["batch-norm"][1].std() > 2 * flat.std()
+    assert not restored["deep-batch-norm"][0] and torch.equal(restored["deep-batch-norm"][1], flat)

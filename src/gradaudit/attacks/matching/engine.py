@@ -45,7 +45,8 @@ from .loop import LoopResult, LoopSettings, archive_candidates, run_population, 
 from .objective import ExtraTerm, MatchingObjective, autograd_param_grad, func_param_grad, holdout_names
 from .population import INITS, Candidate, MemberAdam, Population, initial_pixels, members
 from .regularizers import REGULARIZERS
-from .tuning import (CONTRAST_TOLERANCE, CRITERIA, FAMILY_GRIDS, FIT_FAILED, WIDE_GRID, HalvingPlan, candidates_from,
+from .tuning import (CONTRAST_TOLERANCE, CRITERIA, FAMILY_GRIDS, FIT_FAILED, NO_CONTRAST_RESTORATION, WIDE_GRID,
+                     HalvingPlan, candidates_from,
                      model_family,
                      criterion_scores, prior_strength, prune, rank_candidates, restore_contrast)
 from .victim import FunctionalVictim
@@ -601,7 +602,7 @@ class GradientMatchingAttack(Attack):
     def _restore_contrast(self, s: MatchingSetup, pop: Population, result: LoopResult) -> None:
         """``adaptive`` selection: rescale each archived candidate's batch to the data's contrast where the
         update cannot tell the difference (see :mod:`.tuning`), unless no candidate fits at all."""
-        if self.config.select != "adaptive" or not result.archive:
+        if self.config.select != "adaptive" or not result.archive or s.family in NO_CONTRAST_RESTORATION:
             return
         if min(a.score for a in result.archive.values()) >= FIT_FAILED:
             return
