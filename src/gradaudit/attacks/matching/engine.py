@@ -46,9 +46,8 @@ from .objective import ExtraTerm, MatchingObjective, autograd_param_grad, func_p
 from .population import INITS, Candidate, MemberAdam, Population, initial_pixels, members
 from .regularizers import REGULARIZERS
 from .tuning import (CONTRAST_TOLERANCE, CRITERIA, FAMILY_GRIDS, FIT_FAILED, NO_CONTRAST_RESTORATION, WIDE_GRID,
-                     HalvingPlan, candidates_from,
-                     model_family,
-                     criterion_scores, prior_strength, prune, rank_candidates, restore_contrast)
+                     HalvingPlan, candidates_from, criterion_scores, model_family, prior_strength, prune,
+                     rank_candidates, restore_contrast)
 from .victim import FunctionalVictim
 
 LabelStrategy = Literal["auto", "given", "recover", "joint"]
@@ -601,7 +600,8 @@ class GradientMatchingAttack(Attack):
 
     def _restore_contrast(self, s: MatchingSetup, pop: Population, result: LoopResult) -> None:
         """``adaptive`` selection: rescale each archived candidate's batch to the data's contrast where the
-        update cannot tell the difference (see :mod:`.tuning`), unless no candidate fits at all."""
+        update cannot tell the difference (see :mod:`.tuning`), unless no candidate fits at all or the victim's
+        family is one of :data:`~.tuning.NO_CONTRAST_RESTORATION`."""
         if self.config.select != "adaptive" or not result.archive or s.family in NO_CONTRAST_RESTORATION:
             return
         if min(a.score for a in result.archive.values()) >= FIT_FAILED:

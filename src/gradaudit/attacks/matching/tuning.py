@@ -12,8 +12,9 @@ private images; metrics score the result afterwards):
     total-variation prior flattens the image at almost no cost in d, and neither d nor any other function of
     the update can tell. Each candidate's batch is therefore rescaled to the contrast the data's normalisation
     implies (unit standard deviation in the normalised space) *when the observation cannot tell the
-    difference* (never in the families of :data:`NO_CONTRAST_RESTORATION`): d of the rescaled batch within (1 + CONTRAST_TOLERANCE) of the original's (zero padding and
-    models without batch norm do see contrast, and then nothing changes). Then fit first, prior second: among
+    difference*: d of the rescaled batch within (1 + CONTRAST_TOLERANCE) of the original's (zero padding and
+    models without batch norm do see contrast, and then nothing changes; never in the families of
+    :data:`NO_CONTRAST_RESTORATION`). Then fit first, prior second: among
     the candidates within (1 + ADMIT) of the lowest d, the weakest prior wins (it distorts the image least;
     the stronger ones buy their slightly lower d by smoothing). When no candidate
     explains the update at all (d_min >= FIT_FAILED, e.g. a fresh ResNet-18 at B = 1, where every candidate
