@@ -474,7 +474,7 @@ def validate_cells(cells: list[Cell], *, trust_code: bool = False) -> None:
             if not fits:
                 raise ConfigError(f"attack '{cfg.attack.preset}' does not apply to this cell's threat model: {why}")
             other_clients(len(dataset), choose_indices(len(dataset), cfg.threat.batch_size, cfg.seed,
-                                                       cfg.data.indices), split_defenses(specs)[1], cfg.seed)
+                                                       cfg.data.indices), secagg, cfg.seed)
         except GradauditError as e:
             raise type(e)(f"cell {cell.label}: {e}") from None
         except (ValueError, TypeError) as e:  # a model factory's own argument checks

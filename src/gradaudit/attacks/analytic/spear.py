@@ -22,8 +22,8 @@ zero set (the null vector of those rows, in float64), and removes duplicates. A 
 zeros of two samples yields a mixture c in the span of both, zero only where both are: of three coplanar
 candidates the one with the fewest zeros is the mixture and is dropped (correlated images share so many zeros
 that a mixture can out-count a third sample's true direction). The rest are ranked by their number of zeros and
-taken greedily while linearly independent; the search goes on until the B chosen pass the ReLU check below. With B directions c_j = g_j / lambda_j the batch
-follows in closed form, without the unknown scales:
+taken greedily while linearly independent; the search goes on until the B chosen pass the ReLU check below.
+With B directions c_j = g_j / lambda_j the batch follows in closed form, without the unknown scales:
 
     Y = C^+ dW = (1/B) diag(lambda) X^T,    mu = C^+ db = (1/B) lambda,    x_j = Y_j / mu_j.
 
@@ -287,8 +287,11 @@ class SPEAR(Attack):
         def pick(found: list[torch.Tensor], zeros_of: list[int]) -> tuple[list[int], bool]:
             """B directions whose inputs pass the ReLU check: the greedy choice, else the one without mixtures
             (the mixture test is the costlier one, so it runs only when needed)."""
+            def zero_masks() -> list[torch.Tensor]:
+                return [f.abs() <= tol * f.abs().max() for f in found]
+
             chosen: list[int] = []
-            for masks in (None, [f.abs() <= tol * f.abs().max() for f in found]):
+            for masks in (None, zero_masks()):
                 chosen = self._greedy(found, zeros_of, b, masks)
                 if len(chosen) == b - 1 and b > 1:  # the hardest sample follows from the other B-1
                     last = self._last_direction([found[i] for i in chosen], basis, dw, db, weight, bias, tol)
@@ -296,8 +299,7 @@ class SPEAR(Attack):
                         if all(abs(float(last[0] @ f)) <= 1 - 1e-6 for f in found):
                             found.append(last[0])
                             zeros_of.append(last[1])
-                        chosen = self._greedy(found, zeros_of, b, None if masks is None else
-                                              [f.abs() <= tol * f.abs().max() for f in found])
+                        chosen = self._greedy(found, zeros_of, b, None if masks is None else zero_masks())
                 if len(chosen) < b:
                     continue
                 _, _, consistent = self._solve(obs, weight, bias, dw, db, [found[i] for i in chosen], basis, tol)
