@@ -9,7 +9,9 @@ with labels known is attacked three ways on the same gradient, one after another
 (c) ``inverting-gradients`` - the self-tuning attack (its default), ``time_budget = t_ref``.
 
 Reported per cell: mean PSNR / SSIM of each, the PSNR of the random start and of a flat image of the data's
-mean colour (what the server has without looking at the update), the tuner's selection regret
+mean colour (what the server has without looking at the update), how far each attack fit the update (the share
+of the way from a random guess to the private batch it closed, and how often it under-fit:
+:mod:`gradaudit.evaluation.fit`), the tuner's selection regret
 (the best candidate's PSNR minus the selected one's, both scored after the fact) and its winners.
 ``--cost`` measures instead what K = 8 candidates under successive halving cost against one attack of the
 same iterations. Victims marked "trained" are trained first (``gradaudit victim train``: SGD, 8 epochs on
@@ -36,6 +38,7 @@ from gradaudit.attacks import build_attack
 from gradaudit.data import load_dataset
 from gradaudit.data.sampling import class_spread
 from gradaudit.evaluation.cell import selection_regret
+from gradaudit.evaluation.fit import update_fit
 from gradaudit.evaluation.victims import write_victim
 from gradaudit.metrics import score_reconstruction
 from gradaudit.models import ModelSpec, build_model
@@ -137,6 +140,8 @@ def run_cell(cell: Cell, args, out) -> None:
             s = score_reconstruction(rec.images, truth, true_labels=labels, predicted_labels=rec.labels)
             row[f"{name}_psnr"], row[f"{name}_ssim"] = s.mean_psnr, s.mean_ssim
             row[f"{name}_iterations"], row[f"{name}_seconds"] = rec.iterations, rec.seconds
+            fit = update_fit(obs, rec.images, rec.labels, truth, labels)
+            row[f"{name}_fit"] = None if fit is None else fit.to_dict()
         tuned = runs["tuned"]
         regret = selection_regret(tuned, truth, row["tuned_psnr"])
         tuning = tuned.config["tuning"]
@@ -175,6 +180,11 @@ def summary(path: Path) -> None:
         if any(flat.values()):
             print(f"|   {name}: below the flat mean colour on " + ", ".join(f"{v} ({k})" for k, v in flat.items())
                   + f" of {len(rs)} images |")
+        fits = {k: [r[f"{k}_fit"] for r in rs if r.get(f"{k}_fit")] for k in ("reference", "fixed", "tuned")}
+        if any(fits.values()):  # gradaudit.evaluation.fit: share of the way from a random guess to the truth
+            print(f"|   {name}: update fit closed (mean) / under-fit: " + ", ".join(
+                f"{k} {statistics.mean(f['closed'] for f in v if f['closed'] is not None):.0%} / "
+                f"{sum(f['underfit'] for f in v)} of {len(v)}" for k, v in fits.items() if v) + " |")
 
 
 def cost(args) -> None:

@@ -108,6 +108,9 @@ def attack(
     print_files(paths)
     console.print(summary_table([summarize(label, results)], title=f"{cfg.attack.preset} on {cfg.model.name}"))
     console.print(f"threat model: {results[0].observation.threat_model.label()}", markup=False, highlight=False)
+    for r in results:
+        if r.fit is not None:
+            console.print(r.fit.describe(), markup=False, highlight=False)
 
 
 def list_(threats: bool = typer.Option(False, "--threats", help="Which attack applies to which threat model "

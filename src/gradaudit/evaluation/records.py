@@ -59,6 +59,7 @@ def result_record(result) -> dict[str, Any]:
         "timings": result.timings,
         "config": result.config.model_dump(),
         "tuning": getattr(result, "tuning", None),
+        "fit": None if getattr(result, "fit", None) is None else result.fit.to_dict(),
     })
 
 
@@ -87,6 +88,7 @@ def summarize(label: str, results: Sequence) -> dict[str, Any]:
         "ssim": mean([p for r in scored for p in r.scores.ssim]),
         "label_acc": mean([r.scores.label_accuracy for r in scored]),
         "seconds": sum(r.reconstruction.seconds for r in results),
+        "underfit": sum(1 for r in results if getattr(r, "fit", None) is not None and r.fit.underfit),
     }
 
 

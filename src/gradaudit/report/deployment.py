@@ -23,7 +23,8 @@ from .tables import to_markdown, write_dict_csv
 AUDIT_PAGE = "audit.html"
 AUDIT_ASSETS = "audit"
 
-DEFENSE_COLUMNS = [("defense", "defense", "s"), ("recognisable", "recognisable", "d"), ("audited", "audited", "d"),
+DEFENSE_COLUMNS = [("defense", "defense", "s"), ("recognisable", "recognisable", "d"),
+                   ("inconclusive", "inconclusive", "d"), ("audited", "audited", "d"),
                    ("best PSNR (dB)", "max_psnr", ".2f"), ("mean PSNR (dB)", "mean_psnr", ".2f"),
                    ("best SSIM", "max_ssim", ".3f"), ("final train loss", "final_train_loss", ".4f"),
                    ("utility loss", "utility_loss", "+.4f"), ("test accuracy", "test_accuracy", ".3f"),
@@ -65,7 +66,8 @@ def samples_grid(audit_dir: Path, verdict: Verdict, path: Path) -> Optional[Path
                                           for s in verdict.baseline.samples])]
     for d, row in zip(verdict.defenses, pairs):
         imgs = [p[1] if p else torch.zeros_like(truths[k]) for k, p in enumerate(row)]
-        caps = ["-" if s.psnr is None else f"{s.psnr:.1f} dB" + (" !" if s.recognisable else "")
+        caps = ["-" if s.psnr is None else f"{s.psnr:.1f} dB"
+                + (" !" if s.recognisable else " ?" if s.underfit else "")
                 for s in d.samples]
         rows.append((d.label[:26], torch.cat(imgs), caps))
     return save_reconstruction_grid(rows, path, scale=3)
@@ -175,7 +177,8 @@ def write_deployment_report(audit_dir: Path, dep: Deployment, verdict: Verdict, 
     parts.append("</ul></section>")
     parts.append('<section id="samples"><h2>The audited samples</h2><p>Columns: the samples attacked, the most at '
                  f"risk by {_e(ranking.proxy)} first; rows: the truth, then the strongest attack's reconstruction "
-                 "under each defense (PSNR below; ! marks a recognisable one).</p>")
+                 "under each defense (PSNR below; ! marks a recognisable one, ? one where the attacks under-fit "
+                 "the update).</p>")
     parts.append(_img(grid, "audited samples and reconstructions") if grid else
                  '<p class="note">Reconstructions not available (cells missing).</p>')
     parts.append("</section>")

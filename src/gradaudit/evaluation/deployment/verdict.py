@@ -4,11 +4,14 @@ For every candidate defense d and audited sample s, the **strongest attack** is 
 s (the image at position 0 of s's client batch, after the optimal assignment of the metrics) has the highest
 PSNR; s counts as *rebuilt recognisably* under d when any attack's reconstruction of s reaches the deployment's
 threshold (SSIM or PSNR, :class:`~.config.Threshold`). This is seed 002's rule (a defense is judged by its
-strongest attack), applied per sample.
+strongest attack), applied per sample. A sample below the threshold is **inconclusive** when every attack that
+reports its fit under-fit the update (:mod:`gradaudit.evaluation.fit`: it closed less than
+:data:`~gradaudit.evaluation.fit.FIT_SHARE` of the way from a random guess to the private batch in cosine distance
+to the observed update): the attacks stopped short of explaining the update, so their low PSNR is a lower bound on the leakage, not evidence that the defense works.
 
 The **recommendation** is the candidate with the smallest utility loss (final training loss minus the
 no-defense run's, both from the same victim through the same client path) among those that keep every audited
-sample below the threshold, whose cells all finished, whose training did not diverge and, for DP-SGD, whose
+sample below the threshold with an attack that fit the update (none inconclusive), whose cells all finished, whose training did not diverge and, for DP-SGD, whose
 epsilon after one shared update is within ``epsilon_budget``. When none qualifies, the verdict says so.
 
 epsilon (DP-SGD, Abadi et al. 2016, RDP accounting through Opacus): one shared update is K local steps, each a
@@ -42,6 +45,10 @@ class SampleResult:
     images_path: Optional[str]
     assignment: list[int] = field(default_factory=list)
     by_attack: dict[str, float] = field(default_factory=dict)
+    #: below the threshold only because every attack with a fit record under-fit the update
+    underfit: bool = False
+    #: the best fit among the attacks (:meth:`~gradaudit.evaluation.fit.UpdateFit.to_dict`), None if none reported
+    fit: Optional[dict[str, Any]] = None
 
 
 @dataclass
@@ -63,6 +70,10 @@ class DefenseResult:
         return sum(s.recognisable for s in self.samples)
 
     @property
+    def inconclusive(self) -> int:
+        return sum(s.underfit for s in self.samples)
+
+    @property
     def max_psnr(self) -> Optional[float]:
         vals = [s.psnr for s in self.samples if s.psnr is not None]
         return max(vals) if vals else None
@@ -78,7 +89,8 @@ class DefenseResult:
         return sum(vals) / len(vals) if vals else None
 
     def row(self) -> dict[str, Any]:
-        return {"defense": self.label, "recognisable": self.recognisable, "audited": len(self.samples),
+        return {"defense": self.label, "recognisable": self.recognisable, "inconclusive": self.inconclusive,
+                "audited": len(self.samples),
                 "max_psnr": self.max_psnr, "mean_psnr": self.mean_psnr, "max_ssim": self.max_ssim,
                 "final_train_loss": self.final_train_loss, "utility_loss": self.utility_loss,
                 "test_accuracy": self.test_accuracy, "accuracy_drop": self.accuracy_drop,
@@ -105,7 +117,7 @@ class Verdict:
         b = self.baseline
         return (f"Without a defense, {b.recognisable} of {len(b.samples)} audited samples are rebuilt "
                 f"recognisably ({self.threshold}; strongest attack, best PSNR "
-                f"{_fmt(b.max_psnr, '.1f')} dB).")
+                f"{_fmt(b.max_psnr, '.1f')} dB)." + _inconclusive_text(b))
 
     def recommendation_text(self) -> str:
         r = self.recommendation
@@ -127,9 +139,21 @@ class Verdict:
         for d in self.defenses[1:]:
             out.append(f"With {d.label}: {d.recognisable} of {len(d.samples)} (best PSNR {_fmt(d.max_psnr, '.1f')}"
                        f" dB, utility loss {_fmt(d.utility_loss, '+.3f')}"
-                       + ("" if d.epsilon is None else f", epsilon {d.epsilon:.3g}") + ").")
+                       + ("" if d.epsilon is None else f", epsilon {d.epsilon:.3g}") + ")." + _inconclusive_text(d))
         out.append("Recommendation: " + self.recommendation_text())
         return out
+
+
+def _inconclusive_text(d: DefenseResult) -> str:
+    """The sentence on a defense's inconclusive samples ('' when there are none)."""
+    under = [s for s in d.samples if s.underfit and s.fit]
+    if not under:
+        return ""
+    worst = min(under, key=lambda s: s.fit["closed"])
+    return (f" {len(under)} of {len(d.samples)} inconclusive: the attacks did not fit the update (down to "
+            f"{worst.fit['closed']:.0%} of the way from a random guess to the private batch; cosine distance "
+            f"{worst.fit['reconstruction']:.2f} against {worst.fit['truth']:.2f}), so their low PSNR is a lower "
+            f"bound on the leakage, not evidence of safety; a longer or stronger attack may rebuild them.")
 
 
 def _fmt(v: Optional[float], spec: str) -> str:
@@ -152,12 +176,16 @@ def _sample_result(index: int, role: str, cells: list[CellRow], threshold) -> Sa
         recognisable = recognisable or threshold.recognisable(p, s)
         if p is not None and (best is None or p > _target(best)[0]):
             best = c
+    fits = [f for c in cells if (f := (c.metrics or {}).get("fit"))]
+    fit = max(fits, key=lambda f: 1.0 if f.get("closed") is None else f["closed"]) if fits else None
+    underfit = bool(fit) and not recognisable and all(f["underfit"] for f in fits)
     if best is None:
-        return SampleResult(index, role, None, None, None, recognisable, None, None, by_attack=by_attack)
+        return SampleResult(index, role, None, None, None, recognisable, None, None, by_attack=by_attack,
+                            underfit=underfit, fit=fit)
     p, s = _target(best)
     assignment = ((best.metrics or {}).get("scores") or {}).get("assignment") or []
     return SampleResult(index, role, best.attack, p, s, recognisable, best.key, best.images_path,
-                        [int(a) for a in assignment], by_attack)
+                        [int(a) for a in assignment], by_attack, underfit, fit)
 
 
 def dp_epsilon(dep: Deployment, specs: Sequence[str]) -> tuple[Optional[float], Optional[float]]:
@@ -178,6 +206,8 @@ def dp_epsilon(dep: Deployment, specs: Sequence[str]) -> tuple[Optional[float], 
 def _reason(d: DefenseResult, dep: Deployment) -> Optional[str]:
     if d.recognisable:
         return f"{d.recognisable} of {len(d.samples)} recognisable"
+    if d.inconclusive:
+        return f"{d.inconclusive} of {len(d.samples)} inconclusive (the attacks under-fit the update)"
     if d.failed_cells:
         return f"{d.failed_cells} attack cells failed"
     if any(s.psnr is None for s in d.samples):

@@ -1,0 +1,105 @@
+"""Did the attack fit the update? The reconstruction's fit against the private batch's, on the same observation.
+
+A low PSNR is evidence that an update is safe only if the attack explained the update and still could not
+rebuild the image. An attack that stopped far from explaining it (too few iterations, a victim whose landscape
+it cannot descend, e.g. a fresh ResNet-18 at B = 1 where every recipe ends at a cosine distance of about 0.7)
+reports a low PSNR that says nothing about the update: a stronger or longer attack may go further. The auditor
+holds the private batch, so it can tell the two apart after the fact (like the metrics, never to select):
+
+    d_rec  = D(u(x_rec, y_rec), u*)     d_true = D(u(x, y), u*)     d_null = D(u(x_0, y), u*)
+
+with u* the update the server observed, u(., .) the update the attacker simulates for a batch (the FedSGD
+gradient, or the unrolled FedAvg local training, :class:`~gradaudit.attacks.matching.objective.MatchingObjective`),
+D the global cosine distance of Inverting Gradients (Geiping et al., NeurIPS 2020), and x_0 a guess with no
+information: the attacks' usual random start (a standard normal in the normalised space, in the pixel box) with
+the true labels. Without a defense d_true = 0; a defense raises it by what it removes or adds. How much a random
+guess already "fits" depends on the model (LeNet's sigmoids: d_null ~ 0.07 at B = 1; a fresh ResNet-18: ~ 0.86),
+so the fit is measured as the share of the way from the guess to the truth the attack closed,
+
+    closed = (d_null - d_rec) / (d_null - d_true),
+
+and a reconstruction with closed < :data:`FIT_SHARE` is **under-fit**: the attack stopped short of explaining the
+update (e.g. a fresh ResNet-18 at B = 1, where every recipe ends near d = 0.72: closed ~ 0.16), so its PSNR is a
+lower bound on the leakage only and a longer or stronger attack may go further. Where the truth is hardly closer
+than the guess (d_null - d_true < :data:`MIN_SIGNAL`, e.g. under heavy noise) the update carries next to nothing
+about the batch and nothing is under-fit. Not defined for secure aggregates (the truth is several clients'
+batches) or reconstructions without labels or with another batch size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from ..attacks.matching.distances import cosine_distance
+from ..attacks.matching.objective import MatchingObjective
+from ..attacks.matching.victim import FunctionalVictim
+from ..threat.observation import Observation
+
+#: a reconstruction that closed less than this share of the way from the random guess to the truth is under-fit
+FIT_SHARE = 0.8
+#: below this margin of the guess over the truth (d_null - d_true) the update says too little to under-fit
+MIN_SIGNAL = 0.02
+
+
+@dataclass(frozen=True)
+class UpdateFit:
+    """Cosine distances to the observed update of the simulated updates of the reconstruction, the private batch
+    and a random guess (see the module docstring)."""
+
+    reconstruction: float
+    truth: float
+    guess: float
+
+    @property
+    def closed(self) -> Optional[float]:
+        """The share of the way from the guess to the truth the reconstruction closed (None: no signal)."""
+        span = self.guess - self.truth
+        return None if span < MIN_SIGNAL else (self.guess - self.reconstruction) / span
+
+    @property
+    def underfit(self) -> bool:
+        closed = self.closed
+        return closed is not None and closed < FIT_SHARE
+
+    def to_dict(self) -> dict:
+        return {"distance": "cosine", "reconstruction": self.reconstruction, "truth": self.truth,
+                "guess": self.guess, "closed": self.closed, "underfit": self.underfit}
+
+    def describe(self) -> str:
+        head = (f"update fit: cosine distance {self.reconstruction:.3f} (private batch {self.truth:.3f}, "
+                f"random guess {self.guess:.3f})")
+        closed = self.closed
+        if closed is None:
+            return head + "; the update says next to nothing about the batch"
+        if self.underfit:
+            return (head + f"; under-fit: the attack closed {closed:.0%} of the way from the guess to the truth, so "
+                    "its PSNR is a lower bound on the leakage, not evidence of safety")
+        return head + f"; the attack closed {closed:.0%} of the way from the guess to the truth"
+
+
+def update_fit(observation: Observation, images: torch.Tensor, labels: Optional[torch.Tensor], truth: torch.Tensor,
+               true_labels: torch.Tensor, device: torch.device | str = "cpu") -> Optional[UpdateFit]:
+    """:class:`UpdateFit` of a reconstruction (``images`` in [0, 1], ``labels`` [B]) against the private batch
+    (``truth``, ``true_labels``), or None where it is not defined (see the module docstring)."""
+    if "num_clients" in observation.extras or labels is None or labels.is_floating_point():
+        return None
+    if not (images.shape[0] == truth.shape[0] == labels.shape[0] == observation.batch_size):
+        return None
+    victim = FunctionalVictim(observation, device)
+    objective = MatchingObjective(victim, observation, distances=["cosine"])
+    mean = torch.tensor(observation.data.mean, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(observation.data.std, device=device).view(1, -1, 1, 1)
+
+    def distance(x: torch.Tensor, y: torch.Tensor) -> float:
+        u, _ = objective.update_of((x.to(device, torch.float32) - mean) / std, y.to(device).long())
+        return max(0.0, float(cosine_distance(u, objective.target).detach()))  # 1 - cos >= 0 (rounding aside)
+
+    g = torch.Generator().manual_seed(0)
+    guess = (torch.randn(truth.shape, generator=g) * std.cpu() + mean.cpu()).clamp(0, 1)
+    return UpdateFit(distance(images, labels), distance(truth, true_labels), distance(guess, true_labels))
+
+
+__all__ = ["FIT_SHARE", "MIN_SIGNAL", "UpdateFit", "update_fit"]

@@ -1,0 +1,136 @@
+"""Did the attack fit the update? The reconstruction's cosine distance against the private batch's, and what the
+audit's verdict makes of an attack that under-fit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gradaudit.attacks import build_attack
+from gradaudit.defenses.registry import parse_defense
+from gradaudit.evaluation.deployment.config import parse_deployment
+from gradaudit.evaluation.deployment.verdict import build_verdict
+from gradaudit.evaluation.fit import FIT_SHARE, UpdateFit, update_fit
+from gradaudit.evaluation.records import summarize
+from gradaudit.evaluation.store import CellRow, UtilityRow
+from gradaudit.models import ModelSpec, build_model
+from gradaudit.threat import Client, DataSpec, ServerKnowledge
+from gradaudit.threat.aggregation import aggregate
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+DATA = DataSpec("t", (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+SPEC = ModelSpec("lenet", 10, (3, 16, 16))
+
+
+def _share(x, y, transforms=(), protocol="fedsgd", seed=0):
+    torch.manual_seed(0)
+    model = build_model(SPEC)
+    extra = dict(local_steps=2, local_lr=0.05) if protocol == "fedavg" else {}
+    client = Client(model, SPEC, DATA, transforms=list(transforms), knowledge=ServerKnowledge(labels=True),
+                    protocol=protocol, seed=seed, **extra)
+    return client.share(x, y)
+
+
+@pytest.fixture(scope="module")
+def batch():
+    g = torch.Generator().manual_seed(1)
+    x = torch.nn.functional.avg_pool2d(torch.rand(2, 3, 16, 16, generator=g), 3, 1, 1)
+    return x, torch.tensor([4, 7])
+
+
+def test_the_private_batch_fits_and_a_random_guess_is_under_fit(batch):
+    x, y = batch
+    obs = _share(x, y)
+    truth = update_fit(obs, x, y, x, y)
+    assert truth.truth == pytest.approx(0.0, abs=1e-5) and truth.closed == pytest.approx(1.0, abs=1e-4)
+    assert not truth.underfit and "closed 100%" in truth.describe()
+    guess = update_fit(obs, torch.rand_like(x), y, x, y)
+    assert guess.closed < FIT_SHARE and guess.underfit and "lower bound" in guess.describe()
+    wrong_labels = update_fit(obs, x, torch.tensor([0, 1]), x, y)  # the right images with the wrong labels
+    assert wrong_labels.underfit
+
+
+def test_a_defense_raises_the_truth_s_distance_and_fedavg_is_simulated(batch):
+    x, y = batch
+    noisy = _share(x, y, [parse_defense("noise:0.05")], seed=3)
+    f = update_fit(noisy, x, y, x, y)
+    assert f.truth > 0.05 and f.closed == pytest.approx(1.0, abs=1e-4)  # the truth never under-fits itself
+    drowned = _share(x, y, [parse_defense("noise:10")], seed=3)  # the update says next to nothing
+    f = update_fit(drowned, torch.rand_like(x), y, x, y)
+    assert f.closed is None and not f.underfit and "next to nothing" in f.describe()
+    local = _share(x, y, protocol="fedavg")
+    assert update_fit(local, x, y, x, y).truth == pytest.approx(0.0, abs=1e-4)
+    assert update_fit(local, torch.rand_like(x), y, x, y).underfit
+
+
+def test_not_defined_for_aggregates_missing_labels_or_another_batch_size(batch):
+    x, y = batch
+    obs = _share(x, y)
+    assert update_fit(obs, x, None, x, y) is None
+    assert update_fit(obs, x[:1], y[:1], x, y) is None
+    agg = aggregate([obs, _share(x.flip(-1), y)])
+    assert update_fit(agg, torch.cat([x, x]), torch.cat([y, y]), torch.cat([x, x]), torch.cat([y, y])) is None
+
+
+def test_a_short_attack_is_reported_under_fit_and_a_long_one_is_not(batch):
+    x, y = batch[0][:1], batch[1][:1]
+    obs = _share(x, y)
+    short = build_attack("inverting-gradients", tune="off", iterations=2, seed=0).reconstruct(obs)
+    long = build_attack("inverting-gradients", tune="off", iterations=300, seed=0).reconstruct(obs)
+    f_short = update_fit(obs, short.images, short.labels, x, y)
+    f_long = update_fit(obs, long.images, long.labels, x, y)
+    assert f_short.underfit and not f_long.underfit
+    # the auditor's distance is the attack's own unregularised cosine distance of what it returned
+    assert f_long.reconstruction == pytest.approx(long.matching_loss, abs=1e-4)
+
+
+def test_summary_counts_the_under_fit_runs():
+    class R:  # the fields summarize reads
+        def __init__(self, fit):
+            self.fit, self.scores, self.defenses = fit, None, []
+            self.reconstruction = type("Rec", (), {"attack": "ig", "seconds": 1.0})()
+            self.observation = type("Obs", (), {"batch_size": 1})()
+
+    rows = summarize("x", [R(UpdateFit(0.7, 0.0, 0.8)), R(UpdateFit(0.01, 0.0, 0.8)), R(None)])
+    assert rows["underfit"] == 1 and rows["runs"] == 3
+
+
+# ---------------------------------------------------------------------------------------------- the verdict
+def _cell(defense, index, attack, psnr, fit=None):
+    metrics = {"scores": {"psnr": [psnr, 5.0], "ssim": [0.1, 0.0], "assignment": [0, 1]}}
+    if fit is not None:
+        metrics["fit"] = UpdateFit(*fit).to_dict()
+    return CellRow(key=f"{defense}/{index}/{attack}", status="done", attack=attack, defense=defense, batch_size=2,
+                   sample=0, seed=0, config={"data": {"indices": [index, 99]}}, psnr=psnr, ssim=0.1, metrics=metrics)
+
+
+def _utility(defense, loss):
+    return UtilityRow(key=defense, defense=defense, dataset="embedded", model="lenet", final_train_loss=loss,
+                      test_accuracy=0.5, seconds=1.0, config={})
+
+
+def _deployment():
+    return parse_deployment({"name": "t", "model": {"name": "lenet"}, "data": {"name": "embedded", "image_size": 16},
+                             "clients": {"protocol": "fedsgd", "samples": 2},
+                             "audit": {"rank": 4, "at_risk": 1, "typical": 1, "iterations": 4},
+                             "defenses": [["prune:0.9"]], "workers": 1})
+
+
+def test_a_sample_below_the_threshold_only_because_every_attack_under_fit_is_inconclusive():
+    dep = _deployment()
+    util = [_utility("none", 0.5), _utility("prune", 0.55)]
+    cells = [_cell("none", 1, "ig", 12.0, (0.72, 0.0, 0.86)), _cell("none", 1, "dlg", 11.0, (0.8, 0.0, 0.86)),
+             _cell("none", 2, "ig", 11.0, (0.72, 0.0, 0.86)), _cell("none", 2, "dlg", 10.0, (0.02, 0.0, 0.86)),
+             _cell("prune:0.9", 1, "ig", 10.0, (0.5, 0.45, 0.9)), _cell("prune:0.9", 2, "ig", 9.0, (0.4, 0.38, 0.9))]
+    v = build_verdict(dep, [1, 2], {}, cells, [], util)
+    base, pruned = v.defenses
+    # sample 1: both attacks under-fit; sample 2: DLG fit (0.02) and still did not rebuild it
+    assert [s.underfit for s in base.samples] == [True, False] and base.inconclusive == 1
+    assert base.samples[0].fit["reconstruction"] == pytest.approx(0.72)  # the best fit of the two attacks
+    assert "1 of 2 inconclusive" in v.headline() and "0.72" in v.headline() and "16% of the way" in v.headline()
+    assert "inconclusive" in v.reasons[base.label] and base.row()["inconclusive"] == 1
+    # pruning: the attacks closed most of the way the pruned update allows (89%, 96%), so it is recommended
+    assert pruned.inconclusive == 0 and v.recommendation is pruned
+    # without fit records (older stores) nothing is inconclusive and the no-defense run is recommended
+    bare = [_cell(c.defense, c.config["data"]["indices"][0], c.attack, c.psnr) for c in cells]
+    assert build_verdict(dep, [1, 2], {}, bare, [], util).recommendation.label == base.label
