@@ -121,6 +121,8 @@ class AttackScore:
     rmse: Optional[float] = None
     lpips: Optional[float] = None
     label_acc: Optional[float] = None
+    #: cells whose reconstruction under-fit the update (:mod:`.fit`; their PSNR is a lower bound on the leakage)
+    underfit: int = 0
 
 
 @dataclass
@@ -148,6 +150,7 @@ class StrongestRow:
     failed: int = 0                  # failed cells of this defense and batch size
     attacks: list[AttackScore] = field(default_factory=list)
     threat_model: str = ""           # the best attack's threat model (server, labels, BN, aggregation, update)
+    underfit: int = 0                # cells of the best attack that under-fit the update (:mod:`.fit`)
 
 
 def _best(scores: list[AttackScore], metric: str) -> tuple[Optional[float], Optional[str]]:
@@ -184,6 +187,7 @@ def strongest_attack_table(store: ResultsStore, metric: str = "psnr") -> list[St
             score = AttackScore(attack, len(cells))
             for m in ("psnr", "ssim", "mse", "rmse", "lpips", "label_acc"):
                 setattr(score, m, _mean([v for c in cells if (v := _value(c, m)) is not None]))
+            score.underfit = sum(1 for c in cells if ((c.metrics or {}).get("fit") or {}).get("underfit"))
             scores.append(score)
         _, best_attack = _best(scores, metric)
         if best_attack is None:  # the metric was never measured: rank by PSNR, else the first attack
@@ -199,7 +203,7 @@ def strongest_attack_table(store: ResultsStore, metric: str = "psnr") -> list[St
             psnr_attack=psnr_attack, ssim=_best(scores, "ssim")[0], mse=_best(scores, "mse")[0], rmse=rmse,
             rmse_attack=rmse_attack, lpips=lpips, lpips_attack=lpips_attack, label_acc=best.label_acc,
             n_attacks=len(scores), failed=failed.get((setting, defense, b), 0), attacks=scores,
-            threat_model=_threat_label(by_attack[best_attack])))
+            threat_model=_threat_label(by_attack[best_attack]), underfit=best.underfit))
     return sorted(rows, key=_sort_key)
 
 
@@ -354,8 +358,8 @@ STRONGEST_COLUMNS: list[tuple[str, str, str]] = [
     ("strength", "strength", "s"), ("B", "batch_size", "d"), ("strongest attack", "attack", "s"),
     ("PSNR (dB, max)", "psnr", ".2f"), ("SSIM (max)", "ssim", ".3f"), ("RMSE (min)", "rmse", ".4f"),
     ("MSE (min)", "mse", ".5f"), ("LPIPS (min)", "lpips", ".3f"), ("label acc", "label_acc", ".2f"),
-    ("n", "n_samples", "d"), ("attacks", "n_attacks", "d"), ("failed", "failed", "d"),
-    ("threat model", "threat_model", "s"),
+    ("n", "n_samples", "d"), ("under-fit", "underfit", "d"), ("attacks", "n_attacks", "d"),
+    ("failed", "failed", "d"), ("threat model", "threat_model", "s"),
 ]
 POINT_COLUMNS: list[tuple[str, str, str]] = [
     ("setting", "setting", "s"), ("defense", "defense", "s"), ("family", "family", "s"),
