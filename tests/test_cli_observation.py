@@ -1,5 +1,7 @@
 """`gradaudit observation export|inspect|validate` on updates captured outside gradaudit."""
 
+import json
+
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
@@ -43,6 +45,11 @@ def test_export_then_validate_inspect_and_attack(tmp_path, capsys):
     assert main(["attack", "--observation", str(tmp_path / "obs.json"), "--out", str(tmp_path / "rec"),
                  "--attack", "inverting-gradients", "--iterations", "2"]) == 0
     assert (tmp_path / "rec" / "grid.png").is_file()
+    # no private batch: the fit is measured against a perfect fit, and two iterations do not get there
+    out = capsys.readouterr().out
+    assert "no private batch" in out and "under-fit" in out
+    fit = json.loads((tmp_path / "rec" / "metrics.json").read_text())["fit"]
+    assert fit["truth_measured"] is False and fit["truth"] == 0.0 and fit["underfit"] is True
 
 
 def test_validate_refuses_tampered_file(tmp_path, capsys):

@@ -63,10 +63,24 @@ def test_a_defense_raises_the_truth_s_distance_and_fedavg_is_simulated(batch):
     assert update_fit(local, torch.rand_like(x), y, x, y).underfit
 
 
+def test_without_the_private_batch_the_fit_is_measured_against_a_perfect_one(batch):
+    x, y = batch
+    obs = _share(x, y)
+    exact = update_fit(obs, x, y)  # the attacker rebuilt the batch exactly
+    assert not exact.measured and exact.truth == 0.0 and exact.closed == pytest.approx(1.0, abs=1e-4)
+    guess = update_fit(obs, torch.rand_like(x), y)
+    assert guess.underfit and "perfect fit" in guess.describe() and guess.to_dict()["truth_measured"] is False
+    # a defense puts the perfect fit out of reach: then even the private batch reads as under-fit (conservative)
+    drowned = _share(x, y, [parse_defense("noise:0.3")], seed=3)
+    assert update_fit(drowned, x, y, x, y).closed == pytest.approx(1.0, abs=1e-4)
+    assert update_fit(drowned, x, y).closed < 1.0
+
+
 def test_not_defined_for_aggregates_missing_labels_or_another_batch_size(batch):
     x, y = batch
     obs = _share(x, y)
     assert update_fit(obs, x, None, x, y) is None
+    assert update_fit(obs, x[:1], y[:1]) is None  # without the private batch too
     assert update_fit(obs, x[:1], y[:1], x, y) is None
     agg = aggregate([obs, _share(x.flip(-1), y)])
     assert update_fit(agg, torch.cat([x, x]), torch.cat([y, y]), torch.cat([x, x]), torch.cat([y, y])) is None

@@ -19,6 +19,7 @@ from ..attacks.registry import build_attack
 from ..checks import check_input_file, check_output_dir, check_output_files
 from ..config import RunConfig, load_config
 from ..evaluation.cell import AuditResult, prepare, resolve_device, run_attack
+from ..evaluation.fit import UpdateFit, update_fit
 from ..models.registry import build_model
 from ..evaluation.records import summarize
 from ..report.run_files import write_captured, write_results
@@ -62,9 +63,11 @@ def audit_runs(configs: Sequence[RunConfig], out: str | Path, *, labels: Sequenc
 
 def attack_captured(observation: str | Path, config: RunConfig, out: str | Path, *,
                     on_start: RunStart | None = None, trust_code: bool = False,
-                    allow_legacy: bool = False) -> tuple[Reconstruction, Observation, dict[str, Path]]:
+                    allow_legacy: bool = False
+                    ) -> tuple[Reconstruction, Observation, dict[str, Path], Optional[UpdateFit]]:
     """Attack an observation captured elsewhere (``NAME.json`` / ``NAME.safetensors`` / the stem) with the attack
-    of ``config`` and write the unscored run folder ``out``.
+    of ``config`` and write the unscored run folder ``out``. Also returns how well the reconstruction explains the
+    update (:func:`~gradaudit.evaluation.fit.update_fit` against a perfect fit: no private batch here).
 
     The observation is verified (checksum over tensors and metadata; ``allow_legacy`` reads an older file and
     :attr:`Observation.legacy` says what was not verified), its model built and its tensors checked against
@@ -79,8 +82,9 @@ def attack_captured(observation: str | Path, config: RunConfig, out: str | Path,
                           allow_legacy=allow_legacy, **config.attack.overrides())
     progress = on_start(f"{config.attack.preset} / {Path(observation).name}") if on_start else None
     rec = attack.reconstruct(obs, progress=progress)
-    paths = write_captured(out, observation, rec, config, legacy=obs.legacy)
-    return rec, obs, paths
+    fit = update_fit(obs, rec.images, rec.labels, device=device)
+    paths = write_captured(out, observation, rec, config, legacy=obs.legacy, fit=fit)
+    return rec, obs, paths, fit
 
 
 def attack_threats() -> list[dict[str, Any]]:

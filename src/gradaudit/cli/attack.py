@@ -93,13 +93,15 @@ def attack(
     cfg = load_config(config, _overrides(set_, flags, defense))
     if observation is not None:
         with progress_bar() as progress:
-            rec, obs, paths = attack_captured(observation, cfg, out, on_start=run_starter(progress),
-                                              trust_code=trust_model_code, allow_legacy=allow_legacy)
+            rec, obs, paths, fit = attack_captured(observation, cfg, out, on_start=run_starter(progress),
+                                                   trust_code=trust_model_code, allow_legacy=allow_legacy)
         warn(obs.legacy)
         print_files(paths)
         console.print(f"threat model: {obs.threat_model.label()}", markup=False, highlight=False)
         console.print(f"No ground truth for a captured observation: scores not computed. "
                       f"Final matching loss {rec.matching_loss:.4g} in {rec.seconds:.1f} s.")
+        if fit is not None:
+            console.print(fit.describe(), markup=False, highlight=False)
         return
     label = ", ".join(cfg.defenses) or "no defense"
     with progress_bar() as progress:

@@ -24,6 +24,10 @@ lower bound on the leakage only and a longer or stronger attack may go further. 
 than the guess (d_null - d_true < :data:`MIN_SIGNAL`, e.g. under heavy noise) the update carries next to nothing
 about the batch and nothing is under-fit. Not defined for secure aggregates (the truth is several clients'
 batches) or reconstructions without labels or with another batch size.
+
+Without the private batch (an update captured elsewhere) the same measure is taken against a perfect fit,
+d_true := 0, with the reconstruction's own labels for the guess: it needs the observation only, and under a
+defense that puts a perfect fit out of reach it errs towards "under-fit", i.e. towards not calling anything safe.
 """
 
 from __future__ import annotations
@@ -52,6 +56,8 @@ class UpdateFit:
     reconstruction: float
     truth: float
     guess: float
+    #: False: no private batch, ``truth`` is a perfect fit (0) rather than measured
+    measured: bool = True
 
     @property
     def closed(self) -> Optional[float]:
@@ -66,27 +72,35 @@ class UpdateFit:
 
     def to_dict(self) -> dict:
         return {"distance": "cosine", "reconstruction": self.reconstruction, "truth": self.truth,
-                "guess": self.guess, "closed": self.closed, "underfit": self.underfit}
+                "guess": self.guess, "closed": self.closed, "underfit": self.underfit,
+                "truth_measured": self.measured}
 
     def describe(self) -> str:
-        head = (f"update fit: cosine distance {self.reconstruction:.3f} (private batch {self.truth:.3f}, "
-                f"random guess {self.guess:.3f})")
-        closed = self.closed
+        truth = f"private batch {self.truth:.3f}" if self.measured else "no private batch: against a perfect fit"
+        head = f"update fit: cosine distance {self.reconstruction:.3f} ({truth}, random guess {self.guess:.3f})"
+        closed, goal = self.closed, "truth" if self.measured else "perfect fit"
         if closed is None:
             return head + "; the update says next to nothing about the batch"
         if self.underfit:
-            return (head + f"; under-fit: the attack closed {closed:.0%} of the way from the guess to the truth, so "
-                    "its PSNR is a lower bound on the leakage, not evidence of safety")
-        return head + f"; the attack closed {closed:.0%} of the way from the guess to the truth"
+            return (head + f"; under-fit: the attack closed {closed:.0%} of the way from the guess to the {goal}, so "
+                    "what it rebuilt is a lower bound on the leakage, not evidence of safety")
+        return head + f"; the attack closed {closed:.0%} of the way from the guess to the {goal}"
 
 
-def update_fit(observation: Observation, images: torch.Tensor, labels: Optional[torch.Tensor], truth: torch.Tensor,
-               true_labels: torch.Tensor, device: torch.device | str = "cpu") -> Optional[UpdateFit]:
+def update_fit(observation: Observation, images: torch.Tensor, labels: Optional[torch.Tensor],
+               truth: Optional[torch.Tensor] = None, true_labels: Optional[torch.Tensor] = None,
+               device: torch.device | str = "cpu") -> Optional[UpdateFit]:
     """:class:`UpdateFit` of a reconstruction (``images`` in [0, 1], ``labels`` [B]) against the private batch
-    (``truth``, ``true_labels``), or None where it is not defined (see the module docstring)."""
+    (``truth``, ``true_labels``; without them, against a perfect fit), or None where it is not defined (see the
+    module docstring)."""
     if "num_clients" in observation.extras or labels is None or labels.is_floating_point():
         return None
-    if not (images.shape[0] == truth.shape[0] == labels.shape[0] == observation.batch_size):
+    if truth is None or true_labels is None:
+        truth, true_labels, measured = None, labels, False
+    else:
+        measured = True
+    shape = images.shape if truth is None else truth.shape
+    if not (images.shape[0] == shape[0] == labels.shape[0] == observation.batch_size):
         return None
     victim = FunctionalVictim(observation, device)
     objective = MatchingObjective(victim, observation, distances=["cosine"])
@@ -98,8 +112,9 @@ def update_fit(observation: Observation, images: torch.Tensor, labels: Optional[
         return max(0.0, float(cosine_distance(u, objective.target).detach()))  # 1 - cos >= 0 (rounding aside)
 
     g = torch.Generator().manual_seed(0)
-    guess = (torch.randn(truth.shape, generator=g) * std.cpu() + mean.cpu()).clamp(0, 1)
-    return UpdateFit(distance(images, labels), distance(truth, true_labels), distance(guess, true_labels))
+    guess = (torch.randn(shape, generator=g) * std.cpu() + mean.cpu()).clamp(0, 1)
+    return UpdateFit(distance(images, labels), distance(truth, true_labels) if measured else 0.0,
+                     distance(guess, true_labels), measured)
 
 
 __all__ = ["FIT_SHARE", "MIN_SIGNAL", "UpdateFit", "update_fit"]

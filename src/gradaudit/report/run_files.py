@@ -78,16 +78,17 @@ def write_results(out: str | Path, results: Sequence, *, labels: Sequence[str] |
 
 
 def write_captured(out: str | Path, observation: str | Path, rec: Reconstruction, config,
-                   legacy: str | None = None) -> dict[str, Path]:
+                   legacy: str | None = None, fit=None) -> dict[str, Path]:
     """The run folder of an attack on a captured observation: grid.png (the reconstruction), metrics.json
-    (unscored: there is no ground truth), config.yaml and reconstructions.safetensors."""
+    (unscored: there is no ground truth; ``fit``, an :class:`~gradaudit.evaluation.fit.UpdateFit`, is recorded),
+    config.yaml and reconstructions.safetensors."""
     from safetensors.torch import save_file
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"grid": save_reconstruction_grid([("reconstruction", rec.images, None)], out / "grid.png")}
     record = {"observation": str(observation), "ground_truth": None, "scores": None,
-              "reconstruction": reconstruction_record(rec)}
+              "reconstruction": reconstruction_record(rec), "fit": None if fit is None else fit.to_dict()}
     if legacy:
         record["observation_integrity"] = legacy
     (out / "metrics.json").write_text(json.dumps(json_ready(record), indent=2, default=str))
