@@ -6,13 +6,15 @@ PSNR; s counts as *rebuilt recognisably* under d when any attack's reconstructio
 threshold (SSIM or PSNR, :class:`~.config.Threshold`). This is seed 002's rule (a defense is judged by its
 strongest attack), applied per sample. A sample below the threshold is **inconclusive** when every attack that
 reports its fit under-fit the update (:mod:`gradaudit.evaluation.fit`: it closed less than
-:data:`~gradaudit.evaluation.fit.FIT_SHARE` of the way from a random guess to the private batch in cosine distance
-to the observed update): the attacks stopped short of explaining the update, so their low PSNR is a lower bound on the leakage, not evidence that the defense works.
+:data:`~gradaudit.evaluation.fit.FIT_SHARE` of the way from a random guess to the private batch, in cosine
+distance to the observed update): the attacks stopped short of explaining the update, so their low PSNR is a
+lower bound on the leakage, not evidence that the defense works.
 
 The **recommendation** is the candidate with the smallest utility loss (final training loss minus the
 no-defense run's, both from the same victim through the same client path) among those that keep every audited
-sample below the threshold with an attack that fit the update (none inconclusive), whose cells all finished, whose training did not diverge and, for DP-SGD, whose
-epsilon after one shared update is within ``epsilon_budget``. When none qualifies, the verdict says so.
+sample below the threshold with an attack that fit the update (none inconclusive), whose cells all finished,
+whose training did not diverge and, for DP-SGD, whose epsilon after one shared update is within
+``epsilon_budget``. When none qualifies, the verdict says so.
 
 epsilon (DP-SGD, Abadi et al. 2016, RDP accounting through Opacus): one shared update is K local steps, each a
 minibatch of b out of the client's n samples (sampling rate q = b / n, the usual Poisson approximation of a
