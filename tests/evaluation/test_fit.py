@@ -82,6 +82,9 @@ def test_not_defined_for_aggregates_missing_labels_or_another_batch_size(batch):
     assert update_fit(obs, x, None, x, y) is None
     assert update_fit(obs, x[:1], y[:1]) is None  # without the private batch too
     assert update_fit(obs, x[:1], y[:1], x, y) is None
+    minibatches = Client(build_model(SPEC), SPEC, DATA, protocol="fedavg", local_lr=0.05, local_epochs=1,
+                         local_batch_size=1, knowledge=ServerKnowledge(labels=True)).share(x, y)
+    assert update_fit(minibatches, x, y, x, y) is None  # the client's minibatch order is not simulated
     agg = aggregate([obs, _share(x.flip(-1), y)])
     assert update_fit(agg, torch.cat([x, x]), torch.cat([y, y]), torch.cat([x, x]), torch.cat([y, y])) is None
 

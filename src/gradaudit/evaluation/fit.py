@@ -23,7 +23,9 @@ update (e.g. a fresh ResNet-18 at B = 1, where every recipe ends near d = 0.72: 
 lower bound on the leakage only and a longer or stronger attack may go further. Where the truth is hardly closer
 than the guess (d_null - d_true < :data:`MIN_SIGNAL`, e.g. under heavy noise) the update carries next to nothing
 about the batch and nothing is under-fit. Not defined for secure aggregates (the truth is several clients'
-batches) or reconstructions without labels or with another batch size.
+batches), for FedAvg over minibatches (the simulation above takes full-batch steps, and the order of the
+minibatches is the client's: in the audit demo the private batch itself then sat further from the update than a
+random guess), or for reconstructions without labels or with another batch size.
 
 Without the private batch (an update captured elsewhere) the same measure is taken against a perfect fit,
 d_true := 0, with the reconstruction's own labels for the guess: it needs the observation only, and under a
@@ -94,6 +96,8 @@ def update_fit(observation: Observation, images: torch.Tensor, labels: Optional[
     (``truth``, ``true_labels``; without them, against a perfect fit), or None where it is not defined (see the
     module docstring)."""
     if "num_clients" in observation.extras or labels is None or labels.is_floating_point():
+        return None
+    if observation.update_kind == "local_update" and observation.local_training.minibatched(observation.batch_size):
         return None
     if truth is None or true_labels is None:
         truth, true_labels, measured = None, labels, False
