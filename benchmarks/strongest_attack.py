@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 from gradaudit.attacks import build_attack
+from gradaudit.attacks.matching.engine import to_pixels
 from gradaudit.data import load_dataset
 from gradaudit.data.sampling import class_spread
 from gradaudit.evaluation.cell import selection_regret
@@ -105,10 +106,7 @@ def observation(cell: Cell, ds, indices: list[int], weights: Path | None, seed: 
 def random_start_psnr(obs, truth, seed: int) -> float:
     """PSNR of the attacks' starting point (a standard normal in the normalised space, clamped to the box)."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(truth.shape, generator=g)
-    mean = torch.tensor(obs.data.mean).view(1, -1, 1, 1)
-    std = torch.tensor(obs.data.std).view(1, -1, 1, 1)
-    return float(score_reconstruction((x * std + mean).clamp(0, 1), truth).mean_psnr)
+    return float(score_reconstruction(to_pixels(torch.randn(truth.shape, generator=g), obs), truth).mean_psnr)
 
 
 def mean_colour_psnr(obs, truth) -> float:

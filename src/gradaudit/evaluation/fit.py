@@ -40,6 +40,7 @@ from typing import Optional
 import torch
 
 from ..attacks.matching.distances import cosine_distance
+from ..attacks.matching.engine import to_pixels
 from ..attacks.matching.objective import MatchingObjective
 from ..attacks.matching.victim import FunctionalVictim
 from ..threat.observation import Observation
@@ -115,8 +116,7 @@ def update_fit(observation: Observation, images: torch.Tensor, labels: Optional[
         u, _ = objective.update_of((x.to(device, torch.float32) - mean) / std, y.to(device).long())
         return max(0.0, float(cosine_distance(u, objective.target).detach()))  # 1 - cos >= 0 (rounding aside)
 
-    g = torch.Generator().manual_seed(0)
-    guess = (torch.randn(shape, generator=g) * std.cpu() + mean.cpu()).clamp(0, 1)
+    guess = to_pixels(torch.randn(shape, generator=torch.Generator().manual_seed(0)), observation)  # the attacks' start
     return UpdateFit(distance(images, labels), distance(truth, true_labels) if measured else 0.0,
                      distance(guess, true_labels), measured)
 

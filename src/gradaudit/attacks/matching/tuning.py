@@ -282,6 +282,7 @@ def restore_contrast(x: torch.Tensor, target_std: float = 1.0) -> torch.Tensor:
     return mu + centred / sd * target_std
 
 
-__all__ = ["ADMIT", "CONTRAST_TOLERANCE", "NO_CONTRAST_RESTORATION", "CRITERIA", "DEEP_BN_LAYERS", "FAMILY_GRIDS", "WIDE_GRID", "model_family", "FIT_FAILED", "HalvingPlan", "candidate_scores", "candidates_from",
-           "consensus_scores", "prior_strength", "rank_candidates", "restore_contrast",
-           "BudgetClock", "criterion_scores", "prune"]
+__all__ = ["ADMIT", "CONTRAST_TOLERANCE", "CRITERIA", "DEEP_BN_LAYERS", "FAMILY_GRIDS", "FIT_FAILED",
+           "NO_CONTRAST_RESTORATION", "WIDE_GRID", "BudgetClock", "HalvingPlan", "candidate_scores", "candidates_from",
+           "consensus_scores", "criterion_scores", "model_family", "prior_strength", "prune", "rank_candidates",
+           "restore_contrast"]
