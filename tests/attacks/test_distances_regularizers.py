@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from gradaudit.attacks.matching.distances import cosine_distance, get_distance, l2_distance, reweighted_cosine_distance
+from gradaudit.attacks.matching.distances import (STATISTIC_FORMS, cosine_distance, get_distance, l2_distance,
+                                                  reweighted_cosine_distance, tensor_statistics)
 from gradaudit.attacks.matching.regularizers import total_variation, total_variation_squared
 from gradaudit.errors import ConfigError
 
@@ -28,6 +29,23 @@ def test_reweighted_cosine_equalises_layers():
     g = [torch.tensor([100.0]), torch.tensor([-0.01])]
     assert float(cosine_distance(g, t)) < 1e-6            # plain cosine ignores the small layer
     assert float(reweighted_cosine_distance(g, t)) == pytest.approx(1.0)  # (1*1 + 1*-1)/2 -> cos 0
+
+
+@pytest.mark.parametrize("name", ["cosine", "reweighted-cosine"])
+def test_statistic_forms_equal_the_distances(name):
+    """The objective reads its fitted, monitored and held-out cosines off per-tensor statistics: the same numbers
+    and the same gradient as the tensor form, on layers of very different scales."""
+    gen = torch.Generator().manual_seed(0)
+    t = [torch.randn(5, 3, generator=gen) * 100, torch.randn(7, generator=gen) * 0.01, torch.randn(2, 2, generator=gen)]
+    g = [torch.randn(a.shape, generator=gen, requires_grad=True) for a in t]
+    direct = get_distance(name)(g, t)
+    dot, sq = tensor_statistics(g, t)
+    tsq = torch.stack([(b * b).sum() for b in t])
+    via = STATISTIC_FORMS[name](dot, sq, tsq)
+    assert float(via) == pytest.approx(float(direct), rel=1e-5)
+    for a, b in zip(torch.autograd.grad(direct, g), torch.autograd.grad(via, g)):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-7)
+    assert "l2" not in STATISTIC_FORMS  # l2 near its minimum would cancel catastrophically from statistics
 
 
 def test_tv_values():

@@ -63,3 +63,28 @@ def test_bn_prior_falls_back_to_running_statistics_when_batch_statistics_unknown
     assert len(targets) == 4
     torch.testing.assert_close(targets[0][0], torch.zeros(4))  # fresh running mean
     torch.testing.assert_close(targets[0][1], torch.ones(4))
+
+
+@pytest.mark.parametrize("distance", ["cosine", "reweighted-cosine", "l2"])
+def test_fitted_monitored_and_held_out_distances_are_the_tensor_forms(distance):
+    """With tensors held out, the objective's three distances (read off shared per-tensor statistics) equal the
+    distances computed tensor by tensor on the fitted set, on every tensor, and on the held-out set."""
+    from gradaudit.attacks.matching.distances import cosine_distance, get_distance
+    from gradaudit.attacks.matching.objective import func_param_grad
+
+    obs, x, y = _observe("convnet", width=4)
+    attack = GradientMatchingAttack(distance=distance, regularizers={}, holdout=0.25)
+    objective = attack.setup(obs).objective
+    assert objective.held_index and objective.fit_index
+    a, w = objective.weights(distance, {})
+    guess = torch.randn_like(x)
+    total, (own, monitor, held) = objective(guess, y, a, w)
+    u, _ = objective.update_of(guess, y, func_param_grad)
+    t = objective.target
+    fit = objective.fit_index
+    assert float(own) == pytest.approx(float(get_distance(distance)([u[i] for i in fit], [t[i] for i in fit])),
+                                       rel=1e-4)
+    assert float(monitor) == pytest.approx(float(cosine_distance(u, t)), rel=1e-4)
+    hi = objective.held_index
+    assert float(held) == pytest.approx(float(cosine_distance([u[i] for i in hi], [t[i] for i in hi])), rel=1e-4)
+    assert float(held) != pytest.approx(float(monitor), rel=1e-3)  # the held-out set is its own check

@@ -7,6 +7,12 @@
   is divided by its target norm first, g_l / ||g*_l||, then the global cosine is taken.
 
 Each takes two equally ordered sequences of tensors and returns a scalar; all are differentiable twice.
+
+The two cosines are functions of three per-tensor statistics, dot_l = <g_l, g*_l>, sq_l = ||g_l||^2 and
+tsq_l = ||g*_l||^2 (the reweighted form divides all three by tsq_l). Their *statistic forms* take those [L]
+vectors: the matching objective computes them once per evaluation and reads off the fitted distance, the global
+cosine it monitors and the held-out cosine from the same numbers, with the target's norms computed once per
+attack (on ResNet-18 the distances are a memory-bound sweep over 11 M gradient entries, done three times before).
 """
 
 from __future__ import annotations
@@ -18,17 +24,40 @@ import torch
 from ...errors import unknown_name
 
 Distance = Callable[[Sequence[torch.Tensor], Sequence[torch.Tensor]], torch.Tensor]
+#: (dot [L], sq [L], tsq [L]) -> scalar: a distance from its per-tensor statistics (module docstring)
+StatisticForm = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 _EPS = 1e-12
 #: name -> distance, filled by :func:`register_distance` on each function
 DISTANCES: dict[str, Distance] = {}
+#: name -> the distance's statistic form, for the distances that have one (:func:`register_distance`)
+STATISTIC_FORMS: dict[str, StatisticForm] = {}
 
 
-def register_distance(name: str):
-    """Decorator: the decorated ``distance(g, target) -> scalar`` is the distance ``name``."""
+def register_distance(name: str, statistics: StatisticForm | None = None):
+    """Decorator: the decorated ``distance(g, target) -> scalar`` is the distance ``name``; ``statistics`` is
+    the same distance as a function of the per-tensor statistics, where it has one."""
     def decorate(fn: Distance) -> Distance:
         DISTANCES[name] = fn
+        if statistics is not None:
+            STATISTIC_FORMS[name] = statistics
         return fn
     return decorate
+
+
+def tensor_statistics(g: Sequence[torch.Tensor], target: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dot [L], sq [L]): <g_l, g*_l> and ||g_l||^2 per tensor (tsq, the target's, is computed once by callers)."""
+    return torch.stack([(a * b).sum() for a, b in zip(g, target)]), torch.stack([(a * a).sum() for a in g])
+
+
+def cosine_from_statistics(dot: torch.Tensor, sq: torch.Tensor, tsq: torch.Tensor) -> torch.Tensor:
+    """1 - sum dot / sqrt(sum sq * sum tsq): the global cosine distance over the tensors of the vectors."""
+    return 1 - dot.sum() / (sq.sum().clamp_min(_EPS).sqrt() * tsq.sum().clamp_min(_EPS).sqrt())
+
+
+def reweighted_cosine_from_statistics(dot: torch.Tensor, sq: torch.Tensor, tsq: torch.Tensor) -> torch.Tensor:
+    """The reweighted cosine: every statistic of tensor l divided by ||g*_l||^2 (the square of its clamped norm)."""
+    w = 1 / tsq.clamp_min(_EPS * _EPS)
+    return cosine_from_statistics(dot * w, sq * w, tsq * w)
 
 
 @register_distance("l2")
@@ -36,7 +65,7 @@ def l2_distance(g: Sequence[torch.Tensor], target: Sequence[torch.Tensor]) -> to
     return sum(((a - b) ** 2).sum() for a, b in zip(g, target))
 
 
-@register_distance("cosine")
+@register_distance("cosine", statistics=cosine_from_statistics)
 def cosine_distance(g: Sequence[torch.Tensor], target: Sequence[torch.Tensor]) -> torch.Tensor:
     dot = sum((a * b).sum() for a, b in zip(g, target))
     gn = sum((a * a).sum() for a in g)
@@ -44,7 +73,7 @@ def cosine_distance(g: Sequence[torch.Tensor], target: Sequence[torch.Tensor]) -
     return 1 - dot / (gn.clamp_min(_EPS).sqrt() * tn.clamp_min(_EPS).sqrt())
 
 
-@register_distance("reweighted-cosine")
+@register_distance("reweighted-cosine", statistics=reweighted_cosine_from_statistics)
 def reweighted_cosine_distance(g: Sequence[torch.Tensor], target: Sequence[torch.Tensor]) -> torch.Tensor:
     norms = [b.norm().clamp_min(_EPS) for b in target]
     return cosine_distance([a / n for a, n in zip(g, norms)], [b / n for b, n in zip(target, norms)])

@@ -15,7 +15,9 @@ reconstruction that uses the observation only (:mod:`.tuning`).
 
 Besides the total, a call returns ``(own, cosine, heldout)``: the member's own weighted distance on F, the
 unregularised global cosine distance over all tensors (one scale for every member), and the cosine
-distance on the held-out tensors (equal to ``cosine`` when nothing is held out).
+distance on the held-out tensors (equal to ``cosine`` when nothing is held out). The cosines, fitted or
+monitored, come from one set of per-tensor statistics per evaluation (:mod:`.distances`); only distances
+without a statistic form (``l2``) sweep the update again.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from torch.func import grad
 from ...errors import ConfigError
 from ...threat.local_training import LocalTraining, sgd_step
 from ...threat.observation import Observation
-from .distances import cosine_distance, get_distance
+from .distances import STATISTIC_FORMS, cosine_from_statistics, get_distance, tensor_statistics
 from .regularizers import RegularizerContext, get_regularizer
 from .victim import FunctionalVictim
 
@@ -93,6 +95,10 @@ class MatchingObjective:
         if not self.fit_index:
             raise ConfigError("every parameter tensor is held out: nothing left to fit")
         self.target = [observation.update[n].to(device, torch.float32) for n in self.names]
+        self.target_sq = torch.stack([(t * t).sum() for t in self.target])  # ||g*_l||^2, once per attack
+        self._forms = [STATISTIC_FORMS.get(d) for d in self.distance_names]
+        self._fit_rows = None if not self.held_index else torch.tensor(self.fit_index, device=device)
+        self._held_rows = torch.tensor(self.held_index, device=device) if self.held_index else None
         self.local = observation.update_kind == "local_update"
         self.steps, self.local_lr = observation.local_steps, observation.local_lr
         self.training = None
@@ -136,9 +142,16 @@ class MatchingObjective:
         """(total, (own distance, global cosine, held-out cosine)) of one member's batch ``x``."""
         y = label_param.softmax(-1) if label_param.is_floating_point() else label_param
         u, stats = self.update_of(x, y, param_grad)
-        fit_u = [u[i] for i in self.fit_index]
-        fit_t = [self.target[i] for i in self.fit_index]
-        own = sum(a * d(fit_u, fit_t) for a, d in zip(dist_w, self._distances))
+        dot, sq = tensor_statistics(u, self.target)
+        tsq = self.target_sq
+        rows = self._fit_rows
+        fit_stats = (dot, sq, tsq) if rows is None else (dot[rows], sq[rows], tsq[rows])
+        own = 0
+        for a, form, d in zip(dist_w, self._forms, self._distances):
+            if form is not None:
+                own = own + a * form(*fit_stats)
+            else:
+                own = own + a * d([u[i] for i in self.fit_index], [self.target[i] for i in self.fit_index])
         total = own
         if self._regularizers:
             ctx = RegularizerContext(bn_inputs=stats, bn_targets=self.bn_targets,
@@ -147,9 +160,10 @@ class MatchingObjective:
                 total = total + w * reg(x, ctx)
         for term in self.extra:
             total = total + term(x)
-        monitor = cosine_distance(u, self.target)
-        if self.held_index:
-            held = cosine_distance([u[i] for i in self.held_index], [self.target[i] for i in self.held_index])
+        monitor = cosine_from_statistics(dot, sq, tsq)
+        if self._held_rows is not None:
+            h = self._held_rows
+            held = cosine_from_statistics(dot[h], sq[h], tsq[h])
         else:
             held = monitor
         return total, (own, monitor, held)
