@@ -69,6 +69,7 @@ CELLS = [
     Cell("resnet18-fresh-b1", "resnet18"),
     Cell("resnet18-fresh-b4", "resnet18", batch=4),
     Cell("resnet18-trained-b1", "resnet18", trained=True),
+    Cell("resnet18-trained-b4", "resnet18", trained=True, batch=4),
     Cell("lenet-fresh-b1-lfw", "lenet", dataset="lfw", image_size=32),
     Cell("convnet-bn-fresh-b1-lfw", "convnet", dataset="lfw", image_size=32),
     Cell("resnet18-fresh-b1-lfw", "resnet18", dataset="lfw", image_size=32),

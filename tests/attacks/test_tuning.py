@@ -10,7 +10,8 @@ import torch
 from gradaudit.attacks import build_attack
 from gradaudit.attacks.matching.engine import GradientMatchingAttack, MatchingConfig
 from gradaudit.attacks.matching.loop import schedule_scale
-from gradaudit.attacks.matching.tuning import BudgetClock, HalvingPlan, candidates_from, consensus_scores
+from gradaudit.attacks.matching.tuning import (BudgetClock, HalvingPlan, candidates_from, consensus_scores,
+                                               decisive_leader)
 from gradaudit.errors import ConfigError
 from gradaudit.evaluation.cell import selection_regret
 from gradaudit.metrics import score_reconstruction
@@ -42,6 +43,21 @@ def test_halving_plan_rungs_and_cost():
     assert HalvingPlan.build(1, 400).cost(1) == 1.0
     assert HalvingPlan.build(16, 400).cost(16) == pytest.approx((16 * 12 + 8 * 13 + 4 * 25 + 2 * 50 + 300) / 400)
     assert HalvingPlan.build(2, 400).rungs == (100,) and HalvingPlan.build(2, 400).cost(2) == pytest.approx(1.25)
+    # the early look at T/16 exists only before the first rung (K = 2 to 4), never without pruning
+    assert HalvingPlan.build(2, 400).look == 25 and HalvingPlan.build(4, 400).look == 25
+    assert HalvingPlan.build(8, 400).look == 0 and HalvingPlan.build(2, 400, eta=1).look == 0
+    assert HalvingPlan.build(1, 400).look == 0 and HalvingPlan.build(2, 10).look == 0
+
+
+def test_decisive_leader_needs_a_large_lead_and_under_adaptive_a_fit():
+    scores = torch.tensor([0.010, 0.0141, float("inf")])
+    assert decisive_leader(scores, [0, 1], "adaptive") == 0  # 1.41x ahead
+    assert decisive_leader(torch.tensor([0.010, 0.013]), [0, 1], "adaptive") is None  # 1.3x: the rung decides
+    assert decisive_leader(scores, [0, 1, 2], "cosine") == 0 and decisive_leader(scores, [1, 2], "cosine") == 1
+    assert decisive_leader(scores, [0], "cosine") is None  # nothing left to decide
+    # nothing fits (d >= FIT_FAILED): the adaptive rule wants the strongest prior, whatever the lead
+    assert decisive_leader(torch.tensor([0.35, 0.7]), [0, 1], "adaptive") is None
+    assert decisive_leader(torch.tensor([0.35, 0.7]), [0, 1], "cosine") == 0
 
 
 def test_budget_clock_places_rungs_and_milestones_at_the_plan_s_cost_fractions():
@@ -93,6 +109,23 @@ def test_tuned_attack_records_every_candidate_and_returns_the_winner_s_best_iter
     regret = selection_regret(rec, truth, score_reconstruction(rec.images, truth).mean_psnr)
     assert regret["regret_db"] >= 0 and len(regret["candidate_psnr"]) == 4
     assert regret["best_candidate_psnr"] == max(regret["candidate_psnr"].values())
+
+
+def test_a_decisive_leader_keeps_the_budget_alone(obs_truth):
+    """K = 2 with a prior far too strong to fit: the early look at T/16 drops it at once (instead of at the T/4
+    rung), and the winner is the candidate that fits; with no lead that large, the rung decides as before."""
+    torch.manual_seed(0)
+    spec = ModelSpec("convnet", 10, (3, 16, 16), {"norm": "none", "width": 8})  # ReLU, no BN: leads are large
+    _, truth = obs_truth
+    obs = Client(build_model(spec), spec, DATA, knowledge=ServerKnowledge(labels=True)).share(truth, torch.tensor([4]))
+    rec = GradientMatchingAttack(tune="auto", grid={"tv": [1e-3, 0.1]}, iterations=64).reconstruct(obs)
+    tuning = rec.config["tuning"]
+    assert tuning["rungs"] == [{"iteration": 4, "kept": [0], "dropped": [1], "decisive": True}]
+    assert tuning["winner"] == 0 and tuning["candidates"][1]["stopped_at"] == 4
+    assert tuning["candidates"][1]["score"] >= 1.4 * tuning["candidates"][0]["score"]
+    close = GradientMatchingAttack(tune="auto", grid={"tv": [1e-4, 2e-4]}, iterations=64).reconstruct(obs)
+    assert [r["iteration"] for r in close.config["tuning"]["rungs"]] == [16]
+    assert "decisive" not in close.config["tuning"]["rungs"][0]
 
 
 def test_tune_off_is_the_fixed_recipe(obs_truth):

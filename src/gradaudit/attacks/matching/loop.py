@@ -4,7 +4,8 @@ best-iterate tracking and a wall-clock budget.
 One iteration evaluates every member's objective gradient in one call (``step``), scores the members by the
 selection criterion (:mod:`.tuning`) and records each member's best iterate, takes one Adam step per member
 with its own step size (x0.1 at 3/8, 5/8 and 7/8 of the iterations with the ``multistep`` schedule), projects
-onto the valid pixel box, and, at a rung of the halving plan, keeps the better half of the candidates. Every
+onto the valid pixel box, and, at a rung of the halving plan, keeps the better half of the candidates (at the
+plan's early look, only a decisive leader: :func:`~.tuning.decisive_leader`). Every
 candidate's best state is archived when it is pruned or when the loop ends, so callers can score what each
 candidate reached (the tuner's selection regret).
 
@@ -23,7 +24,7 @@ import torch
 
 from ..base import ProgressFn
 from .population import Population, Tree
-from .tuning import BudgetClock, HalvingPlan, criterion_scores, prune
+from .tuning import BudgetClock, HalvingPlan, candidate_scores, criterion_scores, decisive_leader, prune
 
 #: (theta, const, labels, dist_w, reg_w) -> (grads over the leaves, total [N], aux, rendered x [N, B, ...])
 StepFn = Callable[[Tree, Tree, torch.Tensor, torch.Tensor, torch.Tensor],
@@ -97,6 +98,15 @@ def archive_candidates(pop: Population, result: LoopResult, stopped_at: int, onl
                                      float(pop.best_score[best]), int(pop.best_iteration[best]), stopped_at)
 
 
+def cut(pop: Population, result: LoopResult, it: int, keep: int, s: LoopSettings, decisive: bool = False) -> None:
+    """Archive every candidate's best so far, keep the ``keep`` best candidates' members, record the rung."""
+    alive = set(pop.candidate.tolist())
+    archive_candidates(pop, result, it)
+    survivors = prune(pop, s.n_candidates, keep, s.strength or [0.0] * s.n_candidates, s.criterion)
+    rung = {"iteration": it, "kept": survivors, "dropped": sorted(alive - set(survivors))}
+    result.rungs.append({**rung, "decisive": True} if decisive else rung)
+
+
 def run_population(pop: Population, step: StepFn, s: LoopSettings) -> LoopResult:
     """Optimise ``pop`` in place (see the module docstring); returns the history, rungs and archive."""
     t0 = time.perf_counter()
@@ -105,7 +115,7 @@ def run_population(pop: Population, step: StepFn, s: LoopSettings) -> LoopResult
     clock = BudgetClock(budget, s.n_candidates, s.eta) if budget is not None else None
     total = BudgetClock.NOMINAL if clock else max(0, s.iterations)
     plan = clock.plan if clock else HalvingPlan.build(s.n_candidates, total, s.eta)
-    level, it, position = 0, 0, 0.0
+    level, it, position, looked = 0, 0, 0.0, False
     while position < total:
         grads, _, aux, x = step(pop.theta, pop.const, pop.labels, pop.dist_w, pop.reg_w)
         pop.record(criterion_scores(s.criterion, aux, x), x, it)
@@ -126,12 +136,14 @@ def run_population(pop: Population, step: StepFn, s: LoopSettings) -> LoopResult
             if s.progress is not None:  # with a budget: progress in per mille of the budget
                 done, of = (it, total) if clock is None else (int(1000 * position / total), 1000)
                 s.progress(done, of, best)
+        if plan.look and not looked and position >= plan.look and position < total:
+            looked = True
+            alive = sorted(set(pop.candidate.tolist()))
+            if decisive_leader(candidate_scores(pop, s.n_candidates), alive, s.criterion) is not None:
+                cut(pop, result, it, 1, s, decisive=True)
+                level = len(plan.rungs)  # the contest is over
         if level < len(plan.rungs) and position >= plan.rungs[level] and position < total:
-            alive = set(pop.candidate.tolist())
-            archive_candidates(pop, result, it)
-            survivors = prune(pop, s.n_candidates, plan.keep[level], s.strength or [0.0] * s.n_candidates,
-                              s.criterion)
-            result.rungs.append({"iteration": it, "kept": survivors, "dropped": sorted(alive - set(survivors))})
+            cut(pop, result, it, plan.keep[level], s)
             level += 1
     if clock is not None:
         total = it
