@@ -44,9 +44,14 @@ def register_distance(name: str, statistics: StatisticForm | None = None):
     return decorate
 
 
+def squared_norms(g: Sequence[torch.Tensor]) -> torch.Tensor:
+    """[L]: ||g_l||^2 per tensor."""
+    return torch.stack([(a * a).sum() for a in g])
+
+
 def tensor_statistics(g: Sequence[torch.Tensor], target: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """(dot [L], sq [L]): <g_l, g*_l> and ||g_l||^2 per tensor (tsq, the target's, is computed once by callers)."""
-    return torch.stack([(a * b).sum() for a, b in zip(g, target)]), torch.stack([(a * a).sum() for a in g])
+    return torch.stack([(a * b).sum() for a, b in zip(g, target)]), squared_norms(g)
 
 
 def cosine_from_statistics(dot: torch.Tensor, sq: torch.Tensor, tsq: torch.Tensor) -> torch.Tensor:
@@ -67,10 +72,7 @@ def l2_distance(g: Sequence[torch.Tensor], target: Sequence[torch.Tensor]) -> to
 
 @register_distance("cosine", statistics=cosine_from_statistics)
 def cosine_distance(g: Sequence[torch.Tensor], target: Sequence[torch.Tensor]) -> torch.Tensor:
-    dot = sum((a * b).sum() for a, b in zip(g, target))
-    gn = sum((a * a).sum() for a in g)
-    tn = sum((b * b).sum() for b in target)
-    return 1 - dot / (gn.clamp_min(_EPS).sqrt() * tn.clamp_min(_EPS).sqrt())
+    return cosine_from_statistics(*tensor_statistics(g, target), squared_norms(target))
 
 
 @register_distance("reweighted-cosine", statistics=reweighted_cosine_from_statistics)

@@ -30,7 +30,7 @@ from torch.func import grad
 from ...errors import ConfigError
 from ...threat.local_training import LocalTraining, sgd_step
 from ...threat.observation import Observation
-from .distances import STATISTIC_FORMS, cosine_from_statistics, get_distance, tensor_statistics
+from .distances import STATISTIC_FORMS, cosine_from_statistics, get_distance, squared_norms, tensor_statistics
 from .regularizers import RegularizerContext, get_regularizer
 from .victim import FunctionalVictim
 
@@ -95,7 +95,7 @@ class MatchingObjective:
         if not self.fit_index:
             raise ConfigError("every parameter tensor is held out: nothing left to fit")
         self.target = [observation.update[n].to(device, torch.float32) for n in self.names]
-        self.target_sq = torch.stack([(t * t).sum() for t in self.target])  # ||g*_l||^2, once per attack
+        self.target_sq = squared_norms(self.target)  # ||g*_l||^2, once per attack
         self._forms = [STATISTIC_FORMS.get(d) for d in self.distance_names]
         self._fit_rows = None if not self.held_index else torch.tensor(self.fit_index, device=device)
         self._held_rows = torch.tensor(self.held_index, device=device) if self.held_index else None
