@@ -39,7 +39,7 @@ from typing import Optional
 
 import torch
 
-from ..attacks.matching.distances import cosine_distance
+from ..attacks.matching.distances import cosine_from_statistics, tensor_statistics
 from ..attacks.matching.engine import to_pixels
 from ..attacks.matching.objective import MatchingObjective
 from ..attacks.matching.victim import FunctionalVictim
@@ -114,7 +114,8 @@ def update_fit(observation: Observation, images: torch.Tensor, labels: Optional[
 
     def distance(x: torch.Tensor, y: torch.Tensor) -> float:
         u, _ = objective.update_of((x.to(device, torch.float32) - mean) / std, y.to(device).long())
-        return max(0.0, float(cosine_distance(u, objective.target).detach()))  # 1 - cos >= 0 (rounding aside)
+        d = cosine_from_statistics(*tensor_statistics(u, objective.target), objective.target_sq)  # target norms once
+        return max(0.0, float(d.detach()))  # 1 - cos >= 0 (rounding aside)
 
     guess = to_pixels(torch.randn(shape, generator=torch.Generator().manual_seed(0)), observation)  # the attacks' start
     return UpdateFit(distance(images, labels), distance(truth, true_labels) if measured else 0.0,

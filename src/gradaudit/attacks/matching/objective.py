@@ -98,6 +98,7 @@ class MatchingObjective:
         self.target_sq = squared_norms(self.target)  # ||g*_l||^2, once per attack
         self._forms = [STATISTIC_FORMS.get(d) for d in self.distance_names]
         self._fit_rows = None if not self.held_index else torch.tensor(self.fit_index, device=device)
+        self._fit_target = [self.target[i] for i in self.fit_index]  # for distances without a statistic form
         self._held_rows = torch.tensor(self.held_index, device=device) if self.held_index else None
         self.local = observation.update_kind == "local_update"
         self.steps, self.local_lr = observation.local_steps, observation.local_lr
@@ -151,7 +152,7 @@ class MatchingObjective:
             if form is not None:
                 own = own + a * form(*fit_stats)
             else:
-                own = own + a * d([u[i] for i in self.fit_index], [self.target[i] for i in self.fit_index])
+                own = own + a * d([u[i] for i in self.fit_index], self._fit_target)
         total = own
         if self._regularizers:
             ctx = RegularizerContext(bn_inputs=stats, bn_targets=self.bn_targets,
