@@ -39,7 +39,7 @@ from gradaudit.attacks.matching.engine import to_pixels
 from gradaudit.data import load_dataset
 from gradaudit.data.sampling import class_spread
 from gradaudit.evaluation.cell import selection_regret
-from gradaudit.evaluation.fit import update_fit
+from gradaudit.evaluation.fit import flat_image, update_fit
 from gradaudit.evaluation.victims import write_victim
 from gradaudit.metrics import score_reconstruction
 from gradaudit.models import ModelSpec, build_model
@@ -113,8 +113,7 @@ def random_start_psnr(obs, truth, seed: int) -> float:
 def mean_colour_psnr(obs, truth) -> float:
     """PSNR of a flat image of the data's mean colour (the normalisation's mean, which the server knows): what
     an attacker gets without looking at the update. A reconstruction below it recovered nothing of the image."""
-    mean = torch.tensor(obs.data.mean).view(1, -1, 1, 1)
-    return float(score_reconstruction(mean.expand_as(truth).clone(), truth).mean_psnr)
+    return float(score_reconstruction(flat_image(obs, truth.shape), truth).mean_psnr)
 
 
 def run_cell(cell: Cell, args, out) -> None:

@@ -182,13 +182,13 @@ def test_the_none_point_uses_the_main_training_setting(store):
 
 def test_the_strongest_attack_row_counts_its_under_fit_cells(tmp_path):
     store = ResultsStore(tmp_path)
-    fits = [{"underfit": True, "closed": 0.16}, {"underfit": False, "closed": 0.97}, None]
-    for i, fit in enumerate(fits):  # three cells of one attack: one under-fit, one fit, one without a record
+    fits = [{"underfit": True, "closed": 0.16}, {"underfit": False, "closed": 0.97, "recovered_nothing": True}, None]
+    for i, fit in enumerate(fits):  # three cells of one attack: one under-fit, one fit (and blank), one without
         store.add_cell(CellRow(key=f"k{i}", status="done", attack="ig", defense="none", batch_size=1, sample=i,
                                seed=0, config=CFG, psnr=11.0, metrics={} if fit is None else {"fit": fit}))
     store.add_cell(CellRow(key="d", status="done", attack="dlg", defense="none", batch_size=1, sample=0, seed=0,
                            config=CFG, psnr=9.0, metrics={"fit": {"underfit": True, "closed": 0.1}}))
     row = A.strongest_attack_table(store)[0]
-    assert row.attack == "ig" and row.underfit == 1
+    assert row.attack == "ig" and row.underfit == 1 and row.recovered_nothing == 1
     assert {s.attack: s.underfit for s in row.attacks} == {"dlg": 1, "ig": 1}
     store.close()

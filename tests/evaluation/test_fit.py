@@ -10,7 +10,8 @@ from gradaudit.attacks import build_attack
 from gradaudit.defenses.registry import parse_defense
 from gradaudit.evaluation.deployment.config import parse_deployment
 from gradaudit.evaluation.deployment.verdict import build_verdict
-from gradaudit.evaluation.fit import FIT_SHARE, UpdateFit, update_fit
+from gradaudit.evaluation.fit import FIT_SHARE, INTACT, UpdateFit, against_flat_image, flat_image, update_fit
+from gradaudit.metrics import psnr
 from gradaudit.evaluation.records import summarize
 from gradaudit.evaluation.store import CellRow, UtilityRow
 from gradaudit.models import ModelSpec, build_model
@@ -101,6 +102,39 @@ def test_a_short_attack_is_reported_under_fit_and_a_long_one_is_not(batch):
     assert f_long.reconstruction == pytest.approx(long.matching_loss, abs=1e-4)
 
 
+def test_a_fit_reconstruction_below_the_flat_mean_colour_recovered_nothing_when_the_update_is_intact():
+    fit = UpdateFit(0.012, 0.0, 0.466, psnr=10.7, flat_psnr=12.7)  # a trained ResNet-18 at B = 4 (README)
+    assert not fit.underfit and fit.recovered_nothing
+    assert "recovered nothing" in fit.describe() and "10.70 dB" in fit.describe()
+    assert fit.to_dict()["recovered_nothing"] is True and fit.to_dict()["flat_psnr"] == 12.7
+    # above the flat image: it rebuilt something
+    assert not UpdateFit(0.012, 0.0, 0.466, psnr=13.0, flat_psnr=12.7).recovered_nothing
+    # under-fit is reported as such, not twice
+    under = UpdateFit(0.72, 0.0, 0.86, psnr=11.0, flat_psnr=11.7)
+    assert under.underfit and not under.recovered_nothing
+    # a defense that moved the truth away from the update (noise, pruning): a blank image is what it looks like
+    defended = UpdateFit(0.15, 0.14, 0.5, psnr=9.0, flat_psnr=12.0)
+    assert defended.truth > INTACT * defended.guess and not defended.underfit and not defended.recovered_nothing
+    # ... but one that leaves the direction alone (clipping: d_true = 0) is held to the same standard
+    assert UpdateFit(0.05, 0.0, 0.5, psnr=9.0, flat_psnr=12.0).recovered_nothing
+    # no PSNR (no private batch, or not scored): never
+    assert not UpdateFit(0.012, 0.0, 0.466).recovered_nothing
+
+
+def test_the_flat_image_is_the_data_s_mean_colour_and_is_scored_like_the_reconstruction(batch):
+    x, y = batch
+    obs = _share(x, y)
+    flat = flat_image(obs, x.shape)
+    assert flat.shape == x.shape and torch.allclose(flat[1, :, 3, 5], torch.tensor(DATA.mean))
+    fit = against_flat_image(update_fit(obs, x, y, x, y), obs, x, 100.0)
+    assert fit.flat_psnr == pytest.approx(float(psnr(flat, x).mean()), abs=1e-5) and 5 < fit.flat_psnr < 40
+    assert not fit.recovered_nothing  # the batch itself
+    # the flat image as the reconstruction: fits this LeNet's update no better than the guess, so under-fit
+    blank = against_flat_image(update_fit(obs, flat, y, x, y), obs, x, fit.flat_psnr - 1.0)
+    assert blank.underfit and not blank.recovered_nothing
+    assert against_flat_image(None, obs, x, 10.0) is None
+
+
 def test_summary_counts_the_under_fit_runs():
     class R:  # the fields summarize reads
         def __init__(self, fit):
@@ -108,15 +142,16 @@ def test_summary_counts_the_under_fit_runs():
             self.reconstruction = type("Rec", (), {"attack": "ig", "seconds": 1.0})()
             self.observation = type("Obs", (), {"batch_size": 1})()
 
-    rows = summarize("x", [R(UpdateFit(0.7, 0.0, 0.8)), R(UpdateFit(0.01, 0.0, 0.8)), R(None)])
-    assert rows["underfit"] == 1 and rows["runs"] == 3
+    rows = summarize("x", [R(UpdateFit(0.7, 0.0, 0.8)), R(UpdateFit(0.01, 0.0, 0.8)), R(None),
+                           R(UpdateFit(0.01, 0.0, 0.8, psnr=9.0, flat_psnr=11.0))])
+    assert rows["underfit"] == 1 and rows["recovered_nothing"] == 1 and rows["runs"] == 4
 
 
 # ---------------------------------------------------------------------------------------------- the verdict
 def _cell(defense, index, attack, psnr, fit=None):
     metrics = {"scores": {"psnr": [psnr, 5.0], "ssim": [0.1, 0.0], "assignment": [0, 1]}}
     if fit is not None:
-        metrics["fit"] = UpdateFit(*fit).to_dict()
+        metrics["fit"] = UpdateFit(*fit[:3], **dict(zip(("psnr", "flat_psnr"), fit[3:]))).to_dict()
     return CellRow(key=f"{defense}/{index}/{attack}", status="done", attack=attack, defense=defense, batch_size=2,
                    sample=0, seed=0, config={"data": {"indices": [index, 99]}}, psnr=psnr, ssim=0.1, metrics=metrics)
 
@@ -151,3 +186,21 @@ def test_a_sample_below_the_threshold_only_because_every_attack_under_fit_is_inc
     # without fit records (older stores) nothing is inconclusive and the no-defense run is recommended
     bare = [_cell(c.defense, c.config["data"]["indices"][0], c.attack, c.psnr) for c in cells]
     assert build_verdict(dep, [1, 2], {}, bare, [], util).recommendation.label == base.label
+
+
+def test_a_sample_whose_attacks_fit_and_recovered_nothing_is_inconclusive_but_not_under_a_defense_that_works():
+    dep = _deployment()
+    util = [_utility("none", 0.5), _utility("prune", 0.55)]
+    blank, under = (0.012, 0.0, 0.466, 10.7, 12.7), (0.40, 0.0, 0.466, 10.0, 12.7)
+    rebuilt = (0.01, 0.0, 0.466, 14.0, 12.7)
+    cells = [_cell("none", 1, "ig", 10.7, blank), _cell("none", 1, "dlg", 10.0, under),  # sample 1: nothing found
+             _cell("none", 2, "ig", 14.0, rebuilt), _cell("none", 2, "dlg", 10.0, blank),  # sample 2: IG found it
+             # pruning moved the truth away from the update (d_true 0.38 of the guess's 0.9): a working defense
+             _cell("prune:0.9", 1, "ig", 9.0, (0.4, 0.38, 0.9, 9.0, 12.7)),
+             _cell("prune:0.9", 2, "ig", 9.0, (0.4, 0.38, 0.9, 9.0, 12.7))]
+    v = build_verdict(dep, [1, 2], {}, cells, [], util)
+    base, pruned = v.defenses
+    assert [s.recovered_nothing for s in base.samples] == [True, False] and not base.samples[0].underfit
+    assert base.inconclusive == 1 and "recovered nothing" in v.headline() and "10.7 dB" in v.headline()
+    assert "recovered nothing" in v.reasons[base.label]
+    assert pruned.inconclusive == 0 and v.recommendation is pruned  # not "no defense required"

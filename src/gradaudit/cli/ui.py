@@ -76,14 +76,17 @@ def warn(message: Optional[str]) -> None:
 
 
 def summary_table(rows: list[dict], title: str) -> Table:
-    """One row per condition: defense, attack, B, images, PSNR, SSIM, label accuracy, time, and the runs whose
-    attack under-fit the update (:mod:`gradaudit.evaluation.fit`; their PSNR is a lower bound)."""
+    """One row per condition: defense, attack, B, images, PSNR, SSIM, label accuracy, time, the runs whose
+    attack under-fit the update and those that fit it and recovered nothing (:mod:`gradaudit.evaluation.fit`;
+    neither is evidence of safety)."""
     table = Table(title=title)
-    for col in ("defense", "attack", "B", "images", "PSNR (dB)", "SSIM", "label acc", "time (s)", "under-fit"):
+    for col in ("defense", "attack", "B", "images", "PSNR (dB)", "SSIM", "label acc", "time (s)", "under-fit",
+                "fit, nothing"):
         text = col in ("defense", "attack")
         table.add_column(col, justify="left" if text else "right", no_wrap=text,
                          min_width=max([len(str(r[col])) for r in rows] + [len(col)]) if text else None)
     for r in rows:
         table.add_row(r["defense"], r["attack"], str(r["B"]), str(r["images"]), fmt(r["psnr"]), fmt(r["ssim"], 3),
-                      fmt(r["label_acc"]), fmt(r["seconds"], 1), f"{r.get('underfit', 0)}/{r['runs']}")
+                      fmt(r["label_acc"]), fmt(r["seconds"], 1), f"{r.get('underfit', 0)}/{r['runs']}",
+                      f"{r.get('recovered_nothing', 0)}/{r['runs']}")
     return table

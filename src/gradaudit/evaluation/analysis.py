@@ -123,6 +123,8 @@ class AttackScore:
     label_acc: Optional[float] = None
     #: cells whose reconstruction under-fit the update (:mod:`.fit`; their PSNR is a lower bound on the leakage)
     underfit: int = 0
+    #: cells whose reconstruction fit an intact update and recovered nothing (:mod:`.fit`)
+    recovered_nothing: int = 0
 
 
 @dataclass
@@ -151,6 +153,7 @@ class StrongestRow:
     attacks: list[AttackScore] = field(default_factory=list)
     threat_model: str = ""           # the best attack's threat model (server, labels, BN, aggregation, update)
     underfit: int = 0                # cells of the best attack that under-fit the update (:mod:`.fit`)
+    recovered_nothing: int = 0       # ... that fit an intact update and recovered nothing (:mod:`.fit`)
 
 
 def _best(scores: list[AttackScore], metric: str) -> tuple[Optional[float], Optional[str]]:
@@ -187,7 +190,9 @@ def strongest_attack_table(store: ResultsStore, metric: str = "psnr") -> list[St
             score = AttackScore(attack, len(cells))
             for m in ("psnr", "ssim", "mse", "rmse", "lpips", "label_acc"):
                 setattr(score, m, _mean([v for c in cells if (v := _value(c, m)) is not None]))
-            score.underfit = sum(1 for c in cells if ((c.metrics or {}).get("fit") or {}).get("underfit"))
+            fits = [(c.metrics or {}).get("fit") or {} for c in cells]
+            score.underfit = sum(1 for f in fits if f.get("underfit"))
+            score.recovered_nothing = sum(1 for f in fits if f.get("recovered_nothing"))
             scores.append(score)
         _, best_attack = _best(scores, metric)
         if best_attack is None:  # the metric was never measured: rank by PSNR, else the first attack
@@ -203,7 +208,8 @@ def strongest_attack_table(store: ResultsStore, metric: str = "psnr") -> list[St
             psnr_attack=psnr_attack, ssim=_best(scores, "ssim")[0], mse=_best(scores, "mse")[0], rmse=rmse,
             rmse_attack=rmse_attack, lpips=lpips, lpips_attack=lpips_attack, label_acc=best.label_acc,
             n_attacks=len(scores), failed=failed.get((setting, defense, b), 0), attacks=scores,
-            threat_model=_threat_label(by_attack[best_attack]), underfit=best.underfit))
+            threat_model=_threat_label(by_attack[best_attack]), underfit=best.underfit,
+            recovered_nothing=best.recovered_nothing))
     return sorted(rows, key=_sort_key)
 
 
@@ -358,7 +364,8 @@ STRONGEST_COLUMNS: list[tuple[str, str, str]] = [
     ("strength", "strength", "s"), ("B", "batch_size", "d"), ("strongest attack", "attack", "s"),
     ("PSNR (dB, max)", "psnr", ".2f"), ("SSIM (max)", "ssim", ".3f"), ("RMSE (min)", "rmse", ".4f"),
     ("MSE (min)", "mse", ".5f"), ("LPIPS (min)", "lpips", ".3f"), ("label acc", "label_acc", ".2f"),
-    ("n", "n_samples", "d"), ("under-fit", "underfit", "d"), ("attacks", "n_attacks", "d"),
+    ("n", "n_samples", "d"), ("under-fit", "underfit", "d"), ("fit, nothing", "recovered_nothing", "d"),
+    ("attacks", "n_attacks", "d"),
     ("failed", "failed", "d"), ("threat model", "threat_model", "s"),
 ]
 POINT_COLUMNS: list[tuple[str, str, str]] = [

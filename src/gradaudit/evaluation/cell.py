@@ -25,7 +25,7 @@ from ..models.weights import check_weights, load_weights, read_weights
 from ..threat.aggregation import aggregate
 from ..threat.client import Client, ServerKnowledge
 from ..threat.observation import DataSpec, Observation
-from .fit import UpdateFit, update_fit
+from .fit import UpdateFit, against_flat_image, update_fit
 
 
 @dataclass
@@ -57,7 +57,8 @@ class AuditResult:
     #: selection regret (best candidate PSNR - selected PSNR, dB); None otherwise
     tuning: dict | None = None
     #: how well the reconstruction explains the observed update against the private batch
-    #: (:func:`~.fit.update_fit`: cosine distances and whether the attack under-fit); None where undefined
+    #: (:func:`~.fit.update_fit`: cosine distances, whether the attack under-fit, and whether it fit and still
+    #: recovered nothing, :func:`~.fit.against_flat_image`); None where undefined
     fit: UpdateFit | None = None
 
 
@@ -192,7 +193,8 @@ def run_attack(config: RunConfig, progress: ProgressFn | None = None, *,
     t2 = time.perf_counter()
     scores = score_reconstruction(rec.images, images, true_labels=labels, predicted_labels=rec.labels, lpips=lpips)
     tuning = selection_regret(rec, images, scores.mean_psnr)
-    fit = update_fit(observation, rec.images, rec.labels, images, labels, device=run.device)
+    fit = against_flat_image(update_fit(observation, rec.images, rec.labels, images, labels, device=run.device),
+                             observation, images, scores.mean_psnr)
     t3 = time.perf_counter()
     return AuditResult(config, observation, rec, images, labels, scores,
                        timings={"observe_s": t1 - t0, "attack_s": t2 - t1, "score_s": t3 - t2},

@@ -89,6 +89,8 @@ def summarize(label: str, results: Sequence) -> dict[str, Any]:
         "label_acc": mean([r.scores.label_accuracy for r in scored]),
         "seconds": sum(r.reconstruction.seconds for r in results),
         "underfit": sum(1 for r in results if getattr(r, "fit", None) is not None and r.fit.underfit),
+        "recovered_nothing": sum(1 for r in results if getattr(r, "fit", None) is not None
+                                 and r.fit.recovered_nothing),
     }
 
 

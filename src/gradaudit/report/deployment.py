@@ -67,7 +67,7 @@ def samples_grid(audit_dir: Path, verdict: Verdict, path: Path) -> Optional[Path
     for d, row in zip(verdict.defenses, pairs):
         imgs = [p[1] if p else torch.zeros_like(truths[k]) for k, p in enumerate(row)]
         caps = ["-" if s.psnr is None else f"{s.psnr:.1f} dB"
-                + (" !" if s.recognisable else " ?" if s.underfit else "")
+                + (" !" if s.recognisable else " ?" if s.underfit or s.recovered_nothing else "")
                 for s in d.samples]
         rows.append((d.label[:26], torch.cat(imgs), caps))
     return save_reconstruction_grid(rows, path, scale=3)
@@ -178,7 +178,7 @@ def write_deployment_report(audit_dir: Path, dep: Deployment, verdict: Verdict, 
     parts.append('<section id="samples"><h2>The audited samples</h2><p>Columns: the samples attacked, the most at '
                  f"risk by {_e(ranking.proxy)} first; rows: the truth, then the strongest attack's reconstruction "
                  "under each defense (PSNR below; ! marks a recognisable one, ? one where the attacks under-fit "
-                 "the update).</p>")
+                 "the update or fit it and recovered nothing).</p>")
     parts.append(_img(grid, "audited samples and reconstructions") if grid else
                  '<p class="note">Reconstructions not available (cells missing).</p>')
     parts.append("</section>")

@@ -8,7 +8,11 @@ strongest attack), applied per sample. A sample below the threshold is **inconcl
 reports its fit under-fit the update (:mod:`gradaudit.evaluation.fit`: it closed less than
 :data:`~gradaudit.evaluation.fit.FIT_SHARE` of the way from a random guess to the private batch, in cosine
 distance to the observed update): the attacks stopped short of explaining the update, so their low PSNR is a
-lower bound on the leakage, not evidence that the defense works.
+lower bound on the leakage, not evidence that the defense works. It is inconclusive too when every such attack
+under-fit or **recovered nothing** (:attr:`~gradaudit.evaluation.fit.UpdateFit.recovered_nothing`: it fit an
+update that the defense left intact and is still no closer to the private batch than a flat image of the data's
+mean colour), and at least one recovered nothing: other images explain the update as well, and the attacks could
+not tell the batch apart from them.
 
 The **recommendation** is the candidate with the smallest utility loss (final training loss minus the
 no-defense run's, both from the same victim through the same client path) among those that keep every audited
@@ -51,6 +55,9 @@ class SampleResult:
     underfit: bool = False
     #: the best fit among the attacks (:meth:`~gradaudit.evaluation.fit.UpdateFit.to_dict`), None if none reported
     fit: Optional[dict[str, Any]] = None
+    #: below the threshold, every attack with a fit record under-fit or recovered nothing, and one recovered
+    #: nothing (:attr:`~gradaudit.evaluation.fit.UpdateFit.recovered_nothing`)
+    recovered_nothing: bool = False
 
 
 @dataclass
@@ -73,7 +80,7 @@ class DefenseResult:
 
     @property
     def inconclusive(self) -> int:
-        return sum(s.underfit for s in self.samples)
+        return sum(s.underfit or s.recovered_nothing for s in self.samples)
 
     @property
     def max_psnr(self) -> Optional[float]:
@@ -147,15 +154,22 @@ class Verdict:
 
 
 def _inconclusive_text(d: DefenseResult) -> str:
-    """The sentence on a defense's inconclusive samples ('' when there are none)."""
+    """The sentences on a defense's inconclusive samples ('' when there are none)."""
+    out = ""
     under = [s for s in d.samples if s.underfit and s.fit]
-    if not under:
-        return ""
-    worst = min(under, key=lambda s: s.fit["closed"])
-    return (f" {len(under)} of {len(d.samples)} inconclusive: the attacks did not fit the update (down to "
-            f"{worst.fit['closed']:.0%} of the way from a random guess to the private batch; cosine distance "
-            f"{worst.fit['reconstruction']:.2f} against {worst.fit['truth']:.2f}), so their low PSNR is a lower "
-            f"bound on the leakage, not evidence of safety; a longer or stronger attack may rebuild them.")
+    if under:
+        worst = min(under, key=lambda s: s.fit["closed"])
+        out += (f" {len(under)} of {len(d.samples)} inconclusive: the attacks did not fit the update (down to "
+                f"{worst.fit['closed']:.0%} of the way from a random guess to the private batch; cosine distance "
+                f"{worst.fit['reconstruction']:.2f} against {worst.fit['truth']:.2f}), so their low PSNR is a lower "
+                f"bound on the leakage, not evidence of safety; a longer or stronger attack may rebuild them.")
+    blank = [s for s in d.samples if s.recovered_nothing and s.fit]
+    if blank:
+        out += (f" {len(blank)} of {len(d.samples)} inconclusive: the attacks fit the update and recovered nothing "
+                f"(at best {max(s.psnr or float('-inf') for s in blank):.1f} dB, below a flat image of the data's "
+                "mean colour), so other images explain the update as well and the attacks could not tell the "
+                "batch from them; a stronger prior may.")
+    return out
 
 
 def _fmt(v: Optional[float], spec: str) -> str:
@@ -181,13 +195,15 @@ def _sample_result(index: int, role: str, cells: list[CellRow], threshold) -> Sa
     fits = [f for c in cells if (f := (c.metrics or {}).get("fit"))]
     fit = max(fits, key=lambda f: 1.0 if f.get("closed") is None else f["closed"]) if fits else None
     underfit = bool(fit) and not recognisable and all(f["underfit"] for f in fits)
+    blank = (bool(fit) and not recognisable and not underfit and any(f.get("recovered_nothing") for f in fits)
+             and all(f["underfit"] or f.get("recovered_nothing") for f in fits))
     if best is None:
         return SampleResult(index, role, None, None, None, recognisable, None, None, by_attack=by_attack,
-                            underfit=underfit, fit=fit)
+                            underfit=underfit, fit=fit, recovered_nothing=blank)
     p, s = _target(best)
     assignment = ((best.metrics or {}).get("scores") or {}).get("assignment") or []
     return SampleResult(index, role, best.attack, p, s, recognisable, best.key, best.images_path,
-                        [int(a) for a in assignment], by_attack, underfit, fit)
+                        [int(a) for a in assignment], by_attack, underfit, fit, blank)
 
 
 def dp_epsilon(dep: Deployment, specs: Sequence[str]) -> tuple[Optional[float], Optional[float]]:
@@ -209,7 +225,8 @@ def _reason(d: DefenseResult, dep: Deployment) -> Optional[str]:
     if d.recognisable:
         return f"{d.recognisable} of {len(d.samples)} recognisable"
     if d.inconclusive:
-        return f"{d.inconclusive} of {len(d.samples)} inconclusive (the attacks under-fit the update)"
+        return (f"{d.inconclusive} of {len(d.samples)} inconclusive (the attacks under-fit the update, or fit it and "
+                "recovered nothing)")
     if d.failed_cells:
         return f"{d.failed_cells} attack cells failed"
     if any(s.psnr is None for s in d.samples):
