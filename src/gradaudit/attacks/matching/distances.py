@@ -49,9 +49,35 @@ def squared_norms(g: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.stack([(a * a).sum() for a in g])
 
 
+class _DotAndSquare(torch.autograd.Function):
+    """(<a, b>, ||a||^2) of two equally shaped tensors as two fused reductions, without the element-wise products
+    that ``(a * b).sum()`` writes out, and their gradient d/da = gdot b + 2 gsq a in one fused pass (autograd of
+    the products takes two to three). On ResNet-18's 11 M gradient entries the statistics' forward and backward
+    take about half the time. The backward is made of differentiable operations, so the distances stay
+    differentiable twice; ``generate_vmap_rule`` lets a vmapped population use it."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        a1, b1 = a.reshape(-1), b.reshape(-1)
+        return torch.dot(a1, b1), torch.dot(a1, a1)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.save_for_backward(*inputs)
+
+    @staticmethod
+    def backward(ctx, gdot: torch.Tensor, gsq: torch.Tensor):
+        a, b = ctx.saved_tensors
+        grad_a = torch.addcmul(b * gdot, a, 2 * gsq) if ctx.needs_input_grad[0] else None
+        return grad_a, (a * gdot if ctx.needs_input_grad[1] else None)
+
+
 def tensor_statistics(g: Sequence[torch.Tensor], target: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """(dot [L], sq [L]): <g_l, g*_l> and ||g_l||^2 per tensor (tsq, the target's, is computed once by callers)."""
-    return torch.stack([(a * b).sum() for a, b in zip(g, target)]), squared_norms(g)
+    dot, sq = zip(*[_DotAndSquare.apply(a, b) for a, b in zip(g, target)])
+    return torch.stack(dot), torch.stack(sq)
 
 
 def cosine_from_statistics(dot: torch.Tensor, sq: torch.Tensor, tsq: torch.Tensor) -> torch.Tensor:
