@@ -39,7 +39,7 @@ from gradaudit.attacks.matching.engine import to_pixels
 from gradaudit.data import load_dataset
 from gradaudit.data.sampling import class_spread
 from gradaudit.evaluation.cell import selection_regret
-from gradaudit.evaluation.fit import flat_image, update_fit
+from gradaudit.evaluation.fit import UpdateFit, against_flat_image, flat_image, update_fit
 from gradaudit.evaluation.victims import write_victim
 from gradaudit.metrics import score_reconstruction
 from gradaudit.models import ModelSpec, build_model
@@ -138,7 +138,7 @@ def run_cell(cell: Cell, args, out) -> None:
             s = score_reconstruction(rec.images, truth, true_labels=labels, predicted_labels=rec.labels)
             row[f"{name}_psnr"], row[f"{name}_ssim"] = s.mean_psnr, s.mean_ssim
             row[f"{name}_iterations"], row[f"{name}_seconds"] = rec.iterations, rec.seconds
-            fit = update_fit(obs, rec.images, rec.labels, truth, labels)
+            fit = against_flat_image(update_fit(obs, rec.images, rec.labels, truth, labels), obs, truth, s.mean_psnr)
             row[f"{name}_fit"] = None if fit is None else fit.to_dict()
         tuned = runs["tuned"]
         regret = selection_regret(tuned, truth, row["tuned_psnr"])
@@ -178,11 +178,21 @@ def summary(path: Path) -> None:
         if any(flat.values()):
             print(f"|   {name}: below the flat mean colour on " + ", ".join(f"{v} ({k})" for k, v in flat.items())
                   + f" of {len(rs)} images |")
-        fits = {k: [r[f"{k}_fit"] for r in rs if r.get(f"{k}_fit")] for k in ("reference", "fixed", "tuned")}
+        fits = {k: [(r[f"{k}_fit"], recovered_nothing(r, k)) for r in rs if r.get(f"{k}_fit")]
+                for k in ("reference", "fixed", "tuned")}
         if any(fits.values()):  # gradaudit.evaluation.fit: share of the way from a random guess to the truth
-            print(f"|   {name}: update fit closed (mean) / under-fit: " + ", ".join(
-                f"{k} {statistics.mean(f['closed'] for f in v if f['closed'] is not None):.0%} / "
-                f"{sum(f['underfit'] for f in v)} of {len(v)}" for k, v in fits.items() if v) + " |")
+            print(f"|   {name}: update fit closed (mean) / under-fit / fit and recovered nothing: " + ", ".join(
+                f"{k} {statistics.mean(f['closed'] for f, _ in v if f['closed'] is not None):.0%} / "
+                f"{sum(f['underfit'] for f, _ in v)} / {sum(b for _, b in v)} of {len(v)}"
+                for k, v in fits.items() if v) + " |")
+
+
+def recovered_nothing(row: dict, attack: str) -> bool:
+    """The library's rule (gradaudit.evaluation.fit.UpdateFit.recovered_nothing) on a recorded row, also for
+    rows recorded before the fit carried the PSNRs."""
+    f = row[f"{attack}_fit"]
+    return UpdateFit(f["reconstruction"], f["truth"], f["guess"], psnr=row[f"{attack}_psnr"],
+                     flat_psnr=row["mean_colour_psnr"]).recovered_nothing
 
 
 def cost(args) -> None:
