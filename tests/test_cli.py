@@ -167,6 +167,10 @@ def test_attack_writes_all_files(run_dir):
     assert run["batch_size"] == 1
     assert run["reconstruction"]["iterations"] == 2
     assert run["config"]["attack"]["iterations"] == 2
+    # the fit carries the reconstruction's PSNR and the flat mean-colour image's, and the verdict read off them
+    fit = run["fit"]
+    assert fit["psnr"] == pytest.approx(run["scores"]["mean_psnr"]) and 0 < fit["flat_psnr"] < 40
+    assert fit["recovered_nothing"] == (not fit["underfit"] and fit["psnr"] < fit["flat_psnr"])
 
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert cfg["attack"]["iterations"] == 2 and cfg["threat"]["batch_size"] == 1
