@@ -39,7 +39,7 @@ from gradaudit.attacks.matching.engine import to_pixels
 from gradaudit.data import load_dataset
 from gradaudit.data.sampling import class_spread
 from gradaudit.evaluation.cell import selection_regret
-from gradaudit.evaluation.fit import UpdateFit, against_flat_image, flat_image, update_fit
+from gradaudit.evaluation.fit import UpdateFit, against_flat_image, flat_image_psnr, update_fit
 from gradaudit.evaluation.victims import write_victim
 from gradaudit.metrics import score_reconstruction
 from gradaudit.models import ModelSpec, build_model
@@ -110,12 +110,6 @@ def random_start_psnr(obs, truth, seed: int) -> float:
     return float(score_reconstruction(to_pixels(torch.randn(truth.shape, generator=g), obs), truth).mean_psnr)
 
 
-def mean_colour_psnr(obs, truth) -> float:
-    """PSNR of a flat image of the data's mean colour (the normalisation's mean, which the server knows): what
-    an attacker gets without looking at the update. A reconstruction below it recovered nothing of the image."""
-    return float(score_reconstruction(flat_image(obs, truth.shape), truth).mean_psnr)
-
-
 def run_cell(cell: Cell, args, out) -> None:
     ds = load_dataset(cell.dataset, image_size=cell.image_size)
     weights = victim_weights(cell, Path(args.victims))
@@ -125,7 +119,7 @@ def run_cell(cell: Cell, args, out) -> None:
         obs, truth, labels = observation(cell, ds, indices, weights, args.seed)
         row = {"cell": cell.name, "image": index, "batch": cell.batch, "iterations_ref": args.iterations,
                "random_start_psnr": random_start_psnr(obs, truth, args.seed),
-               "mean_colour_psnr": mean_colour_psnr(obs, truth)}
+               "mean_colour_psnr": flat_image_psnr(obs, truth)}
         t0 = time.perf_counter()
         ref = build_attack("ig-reference", iterations=args.iterations, seed=args.seed).reconstruct(obs)
         budget = time.perf_counter() - t0

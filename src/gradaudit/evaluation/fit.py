@@ -162,14 +162,20 @@ def flat_image(observation: Observation, shape: torch.Size | tuple[int, ...]) ->
     return torch.tensor(observation.data.mean, dtype=torch.float32).view(1, -1, 1, 1).expand(shape).clone()
 
 
+def flat_image_psnr(observation: Observation, truth: torch.Tensor) -> float:
+    """Mean PSNR of :func:`flat_image` against the private batch ``truth`` in [0, 1]: a reconstruction below it
+    recovered nothing of the batch."""
+    return float(psnr_per_image(flat_image(observation, truth.shape), truth.detach().cpu().float()).mean())
+
+
 def against_flat_image(fit: Optional[UpdateFit], observation: Observation, truth: torch.Tensor,
                        psnr: float) -> Optional[UpdateFit]:
-    """``fit`` with the reconstruction's mean PSNR and the flat mean-colour image's (:func:`flat_image`) against
-    the private batch ``truth`` in [0, 1], so that :attr:`UpdateFit.recovered_nothing` can be read off it."""
+    """``fit`` with the reconstruction's mean PSNR and the flat mean-colour image's (:func:`flat_image_psnr`)
+    against the private batch ``truth``, so that :attr:`UpdateFit.recovered_nothing` can be read off it."""
     if fit is None:
         return None
-    flat = psnr_per_image(flat_image(observation, truth.shape), truth.detach().cpu().float())
-    return replace(fit, psnr=float(psnr), flat_psnr=float(flat.mean()))
+    return replace(fit, psnr=float(psnr), flat_psnr=flat_image_psnr(observation, truth))
 
 
-__all__ = ["FIT_SHARE", "INTACT", "MIN_SIGNAL", "UpdateFit", "against_flat_image", "flat_image", "update_fit"]
+__all__ = ["FIT_SHARE", "INTACT", "MIN_SIGNAL", "UpdateFit", "against_flat_image", "flat_image", "flat_image_psnr",
+           "update_fit"]
