@@ -6,7 +6,10 @@ w.r.t. the dummy batch, signed Adam step, box clamp), and their ratio. Then the 
 one vmapped computation against R=1.
 
 Per-iteration times are measured as (time(n2 iterations) - time(n1 iterations)) / (n2 - n1), which removes
-the set-up cost (model rebuild, label handling). Run:  .venv/bin/python benchmarks/attack_step.py
+the set-up cost (model rebuild, label handling). On a shared machine single measurements move by +-20%:
+``--repeats R`` measures the training step and the attack iteration R times, alternately, and reports the
+median of each and of the R per-pair ratios with their range.
+Run:  .venv/bin/python benchmarks/attack_step.py [--repeats 5]
 """
 
 from __future__ import annotations
@@ -68,16 +71,24 @@ def attack_iteration_ms(obs, restarts: int, n1: int, n2: int, vectorize: bool = 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats (noisier)")
+    parser.add_argument("--repeats", type=int, default=1, help="alternated train / attack measurements per row")
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(f"--repeats must be >= 1, got {args.repeats}")
     torch.set_num_threads(torch.get_num_threads())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")
-    print(f"{'model':10s} {'B':>3s} {'train ms':>9s} {'attack ms':>10s} {'ratio':>6s}")
+    print(f"{'model':10s} {'B':>3s} {'train ms':>9s} {'attack ms':>10s} {'ratio':>6s}  ratio range")
     for name, n1, n2 in (("lenet", 5, 45), ("resnet18", 2, 6)):
         for B in (1, 8):
             model, obs = observation(name, B)
-            tr = train_step_ms(model, B, 20 if name == "lenet" else 5)
-            at = attack_iteration_ms(obs, 1, n1, n2 if not args.quick else n1 + 2)
-            print(f"{name:10s} {B:3d} {tr:9.1f} {at:10.1f} {at / tr:6.2f}")
+            pairs = []
+            for _ in range(args.repeats):
+                tr = train_step_ms(model, B, 20 if name == "lenet" else 5)
+                pairs.append((tr, attack_iteration_ms(obs, 1, n1, n2 if not args.quick else n1 + 2)))
+            tr, at = (statistics.median(p[i] for p in pairs) for i in (0, 1))
+            ratios = [a / t for t, a in pairs]
+            print(f"{name:10s} {B:3d} {tr:9.1f} {at:10.1f} {statistics.median(ratios):6.2f}  "
+                  f"{min(ratios):.2f}-{max(ratios):.2f} ({len(ratios)} pairs)")
     _, obs = observation("lenet", 1)
     one = attack_iteration_ms(obs, 1, 5, 45)
     eight = attack_iteration_ms(obs, 8, 5, 45)
