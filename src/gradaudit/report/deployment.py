@@ -67,7 +67,7 @@ def samples_grid(audit_dir: Path, verdict: Verdict, path: Path) -> Optional[Path
     for d, row in zip(verdict.defenses, pairs):
         imgs = [p[1] if p else torch.zeros_like(truths[k]) for k, p in enumerate(row)]
         caps = ["-" if s.psnr is None else f"{s.psnr:.1f} dB"
-                + (" !" if s.recognisable else " ?" if s.underfit or s.recovered_nothing else "")
+                + (" !" if s.recognisable else " ?" if s.inconclusive else "")
                 for s in d.samples]
         rows.append((d.label[:26], torch.cat(imgs), caps))
     return save_reconstruction_grid(rows, path, scale=3)

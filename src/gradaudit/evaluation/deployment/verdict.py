@@ -59,6 +59,11 @@ class SampleResult:
     #: nothing (:attr:`~gradaudit.evaluation.fit.UpdateFit.recovered_nothing`)
     recovered_nothing: bool = False
 
+    @property
+    def inconclusive(self) -> bool:
+        """Below the threshold without evidence of safety: the attacks under-fit, or fit and recovered nothing."""
+        return self.underfit or self.recovered_nothing
+
 
 @dataclass
 class DefenseResult:
@@ -80,7 +85,7 @@ class DefenseResult:
 
     @property
     def inconclusive(self) -> int:
-        return sum(s.underfit or s.recovered_nothing for s in self.samples)
+        return sum(s.inconclusive for s in self.samples)
 
     @property
     def max_psnr(self) -> Optional[float]:
@@ -195,7 +200,8 @@ def _sample_result(index: int, role: str, cells: list[CellRow], threshold) -> Sa
     fits = [f for c in cells if (f := (c.metrics or {}).get("fit"))]
     fit = max(fits, key=lambda f: 1.0 if f.get("closed") is None else f["closed"]) if fits else None
     underfit = bool(fit) and not recognisable and all(f["underfit"] for f in fits)
-    blank = (bool(fit) and not recognisable and not underfit and any(f.get("recovered_nothing") for f in fits)
+    # one attack recovered nothing (so not every attack under-fit), and every other one under-fit or did too
+    blank = (bool(fit) and not recognisable and any(f.get("recovered_nothing") for f in fits)
              and all(f["underfit"] or f.get("recovered_nothing") for f in fits))
     if best is None:
         return SampleResult(index, role, None, None, None, recognisable, None, None, by_attack=by_attack,
