@@ -10,7 +10,9 @@ from gradaudit.attacks import build_attack
 from gradaudit.defenses.registry import parse_defense
 from gradaudit.evaluation.deployment.config import parse_deployment
 from gradaudit.evaluation.deployment.verdict import build_verdict
-from gradaudit.evaluation.fit import FIT_SHARE, INTACT, UpdateFit, against_flat_image, flat_image, update_fit
+from gradaudit.errors import ConfigError
+from gradaudit.evaluation.fit import (FIT_SHARE, INTACT, UpdateFit, against_flat_image, flat_image, update_distance,
+                                      update_fit)
 from gradaudit.metrics import psnr
 from gradaudit.evaluation.records import summarize
 from gradaudit.evaluation.store import CellRow, UtilityRow
@@ -49,6 +51,20 @@ def test_the_private_batch_fits_and_a_random_guess_is_under_fit(batch):
     assert guess.closed < FIT_SHARE and guess.underfit and "lower bound" in guess.describe()
     wrong_labels = update_fit(obs, x, torch.tensor([0, 1]), x, y)  # the right images with the wrong labels
     assert wrong_labels.underfit
+
+
+def test_the_update_distance_over_a_subset_of_tensors(batch):
+    x, y = batch
+    obs = _share(x, y)
+    every = update_distance(obs)
+    below = update_distance(obs, exclude=("fc.weight", "fc.bias"))  # LeNet's classifier
+    assert every(x, y) == pytest.approx(0.0, abs=1e-5) and below(x, y) == pytest.approx(0.0, abs=1e-5)
+    z = torch.rand_like(x)
+    assert every(z, y) == pytest.approx(update_fit(obs, z, y).reconstruction, abs=1e-6)  # the fit's own distance
+    wrong = torch.tensor([0, 1])  # the right images with wrong labels: the classifier's gradient no longer fits
+    assert every(x, wrong) > below(x, wrong) + 0.05
+    with pytest.raises(ConfigError, match="'nope' is not a parameter"):
+        update_distance(obs, exclude=("nope",))
 
 
 def test_a_defense_raises_the_truth_s_distance_and_fedavg_is_simulated(batch):

@@ -47,7 +47,7 @@ defense that puts a perfect fit out of reach it errs towards "under-fit", i.e. t
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -55,6 +55,7 @@ from ..attacks.matching.distances import cosine_from_statistics, tensor_statisti
 from ..attacks.matching.engine import to_pixels
 from ..attacks.matching.objective import MatchingObjective
 from ..attacks.matching.victim import FunctionalVictim
+from ..errors import ConfigError
 from ..metrics import psnr as psnr_per_image
 from ..threat.observation import Observation
 
@@ -141,19 +142,34 @@ def update_fit(observation: Observation, images: torch.Tensor, labels: Optional[
     shape = images.shape if truth is None else truth.shape
     if not (images.shape[0] == shape[0] == labels.shape[0] == observation.batch_size):
         return None
+    distance = update_distance(observation, device)
+    guess = to_pixels(torch.randn(shape, generator=torch.Generator().manual_seed(0)), observation)  # the attacks' start
+    return UpdateFit(distance(images, labels), distance(truth, true_labels) if measured else 0.0,
+                     distance(guess, true_labels), measured)
+
+
+def update_distance(observation: Observation, device: torch.device | str = "cpu",
+                    exclude: tuple[str, ...] = ()) -> Callable[[torch.Tensor, torch.Tensor], float]:
+    """``distance(images, labels)``: the global cosine distance D(u(x, y), u*) of a batch (``images`` in [0, 1],
+    hard ``labels`` [B]) to the observed update, over every parameter tensor except those named in ``exclude``
+    (e.g. the classifier's, to see how far the layers below it fit)."""
     victim = FunctionalVictim(observation, device)
     objective = MatchingObjective(victim, observation, distances=["cosine"])
+    unknown = set(exclude) - set(objective.names)
+    if unknown:
+        raise ConfigError(f"'{sorted(unknown)[0]}' is not a parameter of the model")
+    rows = torch.tensor([i for i, n in enumerate(objective.names) if n not in set(exclude)], device=device)
+    target_sq = objective.target_sq[rows]  # the target's norms once
     mean = torch.tensor(observation.data.mean, device=device).view(1, -1, 1, 1)
     std = torch.tensor(observation.data.std, device=device).view(1, -1, 1, 1)
 
     def distance(x: torch.Tensor, y: torch.Tensor) -> float:
         u, _ = objective.update_of((x.to(device, torch.float32) - mean) / std, y.to(device).long())
-        d = cosine_from_statistics(*tensor_statistics(u, objective.target), objective.target_sq)  # target norms once
+        dot, sq = tensor_statistics(u, objective.target)
+        d = cosine_from_statistics(dot[rows], sq[rows], target_sq)
         return max(0.0, float(d.detach()))  # 1 - cos >= 0 (rounding aside)
 
-    guess = to_pixels(torch.randn(shape, generator=torch.Generator().manual_seed(0)), observation)  # the attacks' start
-    return UpdateFit(distance(images, labels), distance(truth, true_labels) if measured else 0.0,
-                     distance(guess, true_labels), measured)
+    return distance
 
 
 def flat_image(observation: Observation, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
