@@ -35,20 +35,13 @@ import torch
 
 from gradaudit.attacks.matching.victim import last_linear_layer
 from gradaudit.data import load_dataset
-from gradaudit.evaluation.fit import update_distance
+from gradaudit.evaluation.fit import noisy_copy, update_distance
 from gradaudit.metrics import psnr
 from gradaudit.models import build_model
 
 from strongest_attack import CELLS, observation, pick_images, victim_weights
 
 SIGMAS = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
-
-
-def noisy_copy(truth: torch.Tensor, obs, sigma: float, seed: int) -> torch.Tensor:
-    """``truth`` (pixels in [0, 1]) plus N(0, sigma^2) in the normalised space, clipped to the pixel box."""
-    std = torch.tensor(obs.data.std).view(1, -1, 1, 1)
-    noise = torch.randn(truth.shape, generator=torch.Generator().manual_seed(seed))
-    return (truth + sigma * std * noise).clamp(0, 1)
 
 
 def landscape(obs, truth: torch.Tensor, labels: torch.Tensor, sigmas, draws: int) -> dict:

@@ -11,8 +11,8 @@ from gradaudit.defenses.registry import parse_defense
 from gradaudit.evaluation.deployment.config import parse_deployment
 from gradaudit.evaluation.deployment.verdict import build_verdict
 from gradaudit.errors import ConfigError
-from gradaudit.evaluation.fit import (FIT_SHARE, INTACT, UpdateFit, against_flat_image, flat_image, update_distance,
-                                      update_fit)
+from gradaudit.evaluation.fit import (FIT_SHARE, INTACT, NOISY_COPY_SIGMA, UpdateFit, against_flat_image, flat_image,
+                                      noisy_copy, update_distance, update_fit)
 from gradaudit.metrics import psnr
 from gradaudit.evaluation.records import summarize
 from gradaudit.evaluation.store import CellRow, UtilityRow
@@ -137,6 +137,34 @@ def test_a_fit_reconstruction_below_the_flat_mean_colour_recovered_nothing_when_
     assert not UpdateFit(0.012, 0.0, 0.466).recovered_nothing
 
 
+def test_an_update_whose_noisy_copy_of_the_batch_is_as_far_as_a_guess_is_rough():
+    rough = UpdateFit(0.72, 0.0, 0.86, copy_distance=0.75)  # a fresh ResNet-18 at B = 1 (README: matching_landscape)
+    assert rough.underfit and rough.rough and rough.to_dict()["rough"] is True
+    assert "no slope towards the batch" in rough.describe() and "0.750" in rough.describe()
+    smooth = UpdateFit(0.72, 0.0, 0.86, copy_distance=0.02)  # the ConvNet: same under-fit, a longer attack may go on
+    assert smooth.underfit and not smooth.rough and "no slope" not in smooth.describe()
+    assert not UpdateFit(0.72, 0.0, 0.86).rough  # no private batch, no copy
+    # under a defense the copy is measured from where the truth sits (d_true 0.4): 0.05 of the span to 0.9
+    assert not UpdateFit(0.5, 0.4, 0.9, copy_distance=0.45).rough and UpdateFit(0.8, 0.4, 0.9, copy_distance=0.7).rough
+    assert not UpdateFit(0.5, 0.5, 0.51, copy_distance=0.51).rough  # the update says next to nothing anyway
+
+
+def test_a_fresh_resnet18_at_batch_size_one_is_rough_and_lenet_is_not():
+    from gradaudit.data import load_dataset
+
+    ds = load_dataset("embedded")
+    x, y = ds.batch([3])
+    data = DataSpec(ds.name, ds.mean, ds.std)
+    for name, rough in (("resnet18", True), ("lenet", False)):
+        spec = ModelSpec(name, ds.num_classes, ds.shape)
+        torch.manual_seed(0)
+        obs = Client(build_model(spec), spec, data, knowledge=ServerKnowledge(labels=True)).share(x, y)
+        fit = update_fit(obs, torch.rand_like(x), y, x, y)
+        assert fit.copy_distance is not None and fit.rough is rough, (name, fit)
+        # the copy is the private batch with a little noise: far closer in pixels than the guess
+        assert float(psnr(noisy_copy(x, obs, NOISY_COPY_SIGMA), x).mean()) > 28
+
+
 def test_the_flat_image_is_the_data_s_mean_colour_and_is_scored_like_the_reconstruction(batch):
     x, y = batch
     obs = _share(x, y)
@@ -167,7 +195,7 @@ def test_summary_counts_the_under_fit_runs():
 def _cell(defense, index, attack, psnr, fit=None):
     metrics = {"scores": {"psnr": [psnr, 5.0], "ssim": [0.1, 0.0], "assignment": [0, 1]}}
     if fit is not None:
-        metrics["fit"] = UpdateFit(*fit[:3], **dict(zip(("psnr", "flat_psnr"), fit[3:]))).to_dict()
+        metrics["fit"] = UpdateFit(*fit[:3], **dict(zip(("psnr", "flat_psnr", "copy_distance"), fit[3:]))).to_dict()
     return CellRow(key=f"{defense}/{index}/{attack}", status="done", attack=attack, defense=defense, batch_size=2,
                    sample=0, seed=0, config={"data": {"indices": [index, 99]}}, psnr=psnr, ssim=0.1, metrics=metrics)
 
@@ -202,6 +230,20 @@ def test_a_sample_below_the_threshold_only_because_every_attack_under_fit_is_inc
     # without fit records (older stores) nothing is inconclusive and the no-defense run is recommended
     bare = [_cell(c.defense, c.config["data"]["indices"][0], c.attack, c.psnr) for c in cells]
     assert build_verdict(dep, [1, 2], {}, bare, [], util).recommendation.label == base.label
+
+
+def test_the_verdict_says_when_more_matching_will_not_settle_an_under_fit_sample():
+    dep = _deployment()
+    util = [_utility("none", 0.5), _utility("prune", 0.55)]
+    cells = [_cell("none", 1, "ig", 11.0, (0.72, 0.0, 0.86, 11.0, 11.7, 0.75)),  # rough: a fresh ResNet-18
+             _cell("none", 2, "ig", 11.0, (0.50, 0.0, 0.60, 11.0, 11.7, 0.02)),  # smooth, stopped short
+             _cell("prune:0.9", 1, "ig", 9.0, (0.5, 0.45, 0.9)), _cell("prune:0.9", 2, "ig", 9.0, (0.4, 0.38, 0.9))]
+    v = build_verdict(dep, [1, 2], {}, cells, [], util)
+    base = v.defenses[0]
+    assert base.inconclusive == 2 and "2 of 2 inconclusive" in v.headline()
+    assert "On 1 of them the update has no slope towards the batch" in v.headline()
+    smooth_only = [c for c in cells if c.key != "none/1/ig"]
+    assert "no slope" not in build_verdict(dep, [1, 2], {}, smooth_only, [], util).headline()
 
 
 def test_a_sample_whose_attacks_fit_and_recovered_nothing_is_inconclusive_but_not_under_a_defense_that_works():

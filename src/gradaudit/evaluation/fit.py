@@ -39,6 +39,22 @@ keeps the update's direction, e.g. clipping), it says that these attacks could n
 preimages, not that the update is safe. Such a run **recovered nothing** (:attr:`UpdateFit.recovered_nothing`)
 and, like an under-fit one, is no evidence of safety.
 
+**A landscape matching cannot descend.** An under-fit attack may have stopped short on a landscape it could
+descend with more time, or be lost on one that has no slope towards the batch at all. The auditor tells the two
+apart by the private batch with a little noise: its copy with N(0, :data:`NOISY_COPY_SIGMA`^2) added in the
+normalised space (about 32 dB, invisible to the eye; clipped to the pixel box like the attacks' iterates) sits at
+
+    d_copy = D(u(clip(x + sigma n), y), u*).
+
+On a smooth landscape d_copy is a small part of the way to the guess (benchmarks/matching_landscape.py: at most
+0.19 of it on LeNet, the ConvNet with and without BN and a trained ResNet-18, 8 photos each); on a fresh
+ResNet-18 at B = 1 (batch norm at initialisation in 20 layers) it is 0.79-1.05 of it on 16 photos and faces:
+the update forgets the batch within about 40 dB of it, and a matching attack has no slope to follow from
+anywhere it can start. Such an update is **rough** (:attr:`UpdateFit.rough`: d_copy - d_true >=
+:data:`ROUGH` (d_null - d_true)); an under-fit there says that more of the same attack will not help, not that
+the batch is safe: an attack of another kind (a prior, an analytic or a malicious-server attack) may still
+rebuild it.
+
 Without the private batch (an update captured elsewhere) the same measure is taken against a perfect fit,
 d_true := 0, with the reconstruction's own labels for the guess: it needs the observation only, and under a
 defense that puts a perfect fit out of reach it errs towards "under-fit", i.e. towards not calling anything safe.
@@ -66,6 +82,10 @@ MIN_SIGNAL = 0.02
 #: the observed update is (nearly) intact when the private batch fits it this close, as a share of the guess's
 #: distance (no defense: d_true = 0); a fit reconstruction below the flat image then recovered nothing
 INTACT = 0.2
+#: the noise (standard deviation in the normalised space) of the private batch's copy that probes the landscape
+NOISY_COPY_SIGMA = 0.1
+#: the landscape is rough when that copy is at least this share of the way from the truth to the random guess
+ROUGH = 0.5
 
 
 @dataclass(frozen=True)
@@ -82,6 +102,8 @@ class UpdateFit:
     #: (:func:`against_flat_image`); None without a private batch
     psnr: Optional[float] = None
     flat_psnr: Optional[float] = None
+    #: the distance of the private batch's noisy copy (:func:`noisy_copy`; None without a private batch)
+    copy_distance: Optional[float] = None
 
     @property
     def closed(self) -> Optional[float]:
@@ -102,11 +124,19 @@ class UpdateFit:
             return False
         return self.truth <= INTACT * self.guess and self.psnr < self.flat_psnr
 
+    @property
+    def rough(self) -> bool:
+        """The private batch's noisy copy is as far from the update as :data:`ROUGH` of the way to the random
+        guess: a landscape gradient matching cannot descend (see the module docstring)."""
+        span = self.guess - self.truth
+        copy = self.copy_distance
+        return copy is not None and span >= MIN_SIGNAL and copy - self.truth >= ROUGH * span
+
     def to_dict(self) -> dict:
         return {"distance": "cosine", "reconstruction": self.reconstruction, "truth": self.truth,
                 "guess": self.guess, "closed": self.closed, "underfit": self.underfit,
                 "truth_measured": self.measured, "psnr": self.psnr, "flat_psnr": self.flat_psnr,
-                "recovered_nothing": self.recovered_nothing}
+                "recovered_nothing": self.recovered_nothing, "noisy_copy": self.copy_distance, "rough": self.rough}
 
     def describe(self) -> str:
         truth = f"private batch {self.truth:.3f}" if self.measured else "no private batch: against a perfect fit"
@@ -115,8 +145,14 @@ class UpdateFit:
         if closed is None:
             return head + "; the update says next to nothing about the batch"
         if self.underfit:
-            return (head + f"; under-fit: the attack closed {closed:.0%} of the way from the guess to the {goal}, so "
-                    "what it rebuilt is a lower bound on the leakage, not evidence of safety")
+            text = (head + f"; under-fit: the attack closed {closed:.0%} of the way from the guess to the {goal}, "
+                    "so what it rebuilt is a lower bound on the leakage, not evidence of safety")
+            if self.rough:
+                text += (f". This update has no slope towards the batch: the private batch itself with a little "
+                         f"noise (standard deviation {NOISY_COPY_SIGMA} in the normalised space, about 32 dB on "
+                         f"photos) is already at {self.copy_distance:.3f}, so gradient matching cannot descend here "
+                         "and more of it will not help; an attack of another kind may")
+            return text
         head += f"; the attack closed {closed:.0%} of the way from the guess to the {goal}"
         if self.recovered_nothing:
             return (head + f", and recovered nothing: {self.psnr:.2f} dB is below a flat image of the data's mean "
@@ -144,8 +180,18 @@ def update_fit(observation: Observation, images: torch.Tensor, labels: Optional[
         return None
     distance = update_distance(observation, device)
     guess = to_pixels(torch.randn(shape, generator=torch.Generator().manual_seed(0)), observation)  # the attacks' start
-    return UpdateFit(distance(images, labels), distance(truth, true_labels) if measured else 0.0,
-                     distance(guess, true_labels), measured)
+    if not measured:
+        return UpdateFit(distance(images, labels), 0.0, distance(guess, true_labels), measured)
+    return UpdateFit(distance(images, labels), distance(truth, true_labels), distance(guess, true_labels), measured,
+                     copy_distance=distance(noisy_copy(truth, observation, NOISY_COPY_SIGMA), true_labels))
+
+
+def noisy_copy(truth: torch.Tensor, observation: Observation, sigma: float, seed: int = 0) -> torch.Tensor:
+    """``truth`` (pixels in [0, 1]) plus N(0, sigma^2) noise in the normalised space (seeded), clipped to the
+    pixel box: a copy of the private batch a little way off, to probe the landscape around it."""
+    std = torch.tensor(observation.data.std, dtype=torch.float32).view(1, -1, 1, 1)
+    noise = torch.randn(truth.shape, generator=torch.Generator().manual_seed(seed))
+    return (truth.detach().cpu().float() + sigma * std * noise).clamp(0, 1)
 
 
 def update_distance(observation: Observation, device: torch.device | str = "cpu",
@@ -193,5 +239,5 @@ def against_flat_image(fit: Optional[UpdateFit], observation: Observation, truth
     return replace(fit, psnr=float(psnr), flat_psnr=flat_image_psnr(observation, truth))
 
 
-__all__ = ["FIT_SHARE", "INTACT", "MIN_SIGNAL", "UpdateFit", "against_flat_image", "flat_image", "flat_image_psnr",
-           "update_fit"]
+__all__ = ["FIT_SHARE", "INTACT", "MIN_SIGNAL", "NOISY_COPY_SIGMA", "ROUGH", "UpdateFit", "against_flat_image",
+           "flat_image", "flat_image_psnr", "noisy_copy", "update_distance", "update_fit"]

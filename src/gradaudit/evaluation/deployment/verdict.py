@@ -12,7 +12,9 @@ lower bound on the leakage, not evidence that the defense works. It is inconclus
 under-fit or **recovered nothing** (:attr:`~gradaudit.evaluation.fit.UpdateFit.recovered_nothing`: it fit an
 update that the defense left intact and is still no closer to the private batch than a flat image of the data's
 mean colour), and at least one recovered nothing: other images explain the update as well, and the attacks could
-not tell the batch apart from them.
+not tell the batch apart from them. Where the update is **rough** (:attr:`~gradaudit.evaluation.fit.UpdateFit.rough`:
+the private batch with a little noise is already about as far from it as a random guess, e.g. a fresh ResNet-18
+at B = 1), the verdict says that more gradient matching will not settle the under-fit samples.
 
 The **recommendation** is the candidate with the smallest utility loss (final training loss minus the
 no-defense run's, both from the same victim through the same client path) among those that keep every audited
@@ -168,6 +170,11 @@ def _inconclusive_text(d: DefenseResult) -> str:
                 f"{worst.fit['closed']:.0%} of the way from a random guess to the private batch; cosine distance "
                 f"{worst.fit['reconstruction']:.2f} against {worst.fit['truth']:.2f}), so their low PSNR is a lower "
                 f"bound on the leakage, not evidence of safety; a longer or stronger attack may rebuild them.")
+        rough = [s for s in under if s.fit.get("rough")]
+        if rough:
+            out += (f" On {len(rough)} of them the update has no slope towards the batch (the private batch with a "
+                    "little noise is already about as far from it as a random guess), so more gradient matching "
+                    "will not settle them; an attack of another kind may.")
     blank = [s for s in d.samples if s.recovered_nothing and s.fit]
     if blank:
         out += (f" {len(blank)} of {len(d.samples)} inconclusive: the attacks fit the update and recovered nothing "
