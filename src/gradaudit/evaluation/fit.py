@@ -49,9 +49,8 @@ normalised space (about 32 dB, invisible to the eye; clipped to the pixel box li
 On a smooth landscape d_copy is a small part of the way to the guess (benchmarks/matching_landscape.py: at most
 0.19 of it on LeNet, the ConvNet with and without BN and a trained ResNet-18, 8 photos each); on a fresh
 ResNet-18 at B = 1 (batch norm at initialisation in 20 layers) it is 0.79-1.05 of it on 16 photos and faces
-(0.62-0.66 on two batches of 4):
-the update forgets the batch within about 40 dB of it, and a matching attack has no slope to follow from
-anywhere it can start. Such an update is **rough** (:attr:`UpdateFit.rough`: d_copy - d_true >=
+(0.62-0.66 on two batches of 4): the update forgets the batch within about 40 dB of it, and a matching attack has
+no slope to follow from anywhere it can start. Such an update is **rough** (:attr:`UpdateFit.rough`: d_copy - d_true >=
 :data:`ROUGH` (d_null - d_true)); an under-fit there says that more of the same attack will not help, not that
 the batch is safe: an attack of another kind (a prior, an analytic or a malicious-server attack) may still
 rebuild it.
