@@ -35,7 +35,7 @@ import torch
 
 from gradaudit.attacks.matching.victim import last_linear_layer
 from gradaudit.data import load_dataset
-from gradaudit.evaluation.fit import noisy_copy, update_distance
+from gradaudit.evaluation.fit import noisy_copy, update_distances
 from gradaudit.metrics import psnr
 from gradaudit.models import build_model
 
@@ -47,14 +47,14 @@ SIGMAS = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 def landscape(obs, truth: torch.Tensor, labels: torch.Tensor, sigmas, draws: int) -> dict:
     """Per sigma: mean PSNR of the copies, median d over every tensor and over all but the classifier's."""
     head = last_linear_layer(build_model(obs.model), obs.model.num_classes)
-    every = update_distance(obs)
-    below = update_distance(obs, exclude=tuple(n for n in head if n is not None))
+    distances = update_distances(obs, excludes=((), tuple(n for n in head if n is not None)))  # every / below
     out = {}
     for sigma in sigmas:
         copies = [noisy_copy(truth, obs, sigma, seed) for seed in range(draws)]
+        d = [distances(c, labels) for c in copies]
         out[sigma] = {"psnr": statistics.fmean(float(psnr(c, truth).mean()) for c in copies),
-                      "d": statistics.median(every(c, labels) for c in copies),
-                      "d_below_classifier": statistics.median(below(c, labels) for c in copies)}
+                      "d": statistics.median(e for e, _ in d),
+                      "d_below_classifier": statistics.median(b for _, b in d)}
     return out
 
 

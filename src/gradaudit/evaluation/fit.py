@@ -63,7 +63,7 @@ defense that puts a perfect fit out of reach it errs towards "under-fit", i.e. t
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -199,23 +199,33 @@ def update_distance(observation: Observation, device: torch.device | str = "cpu"
     """``distance(images, labels)``: the global cosine distance D(u(x, y), u*) of a batch (``images`` in [0, 1],
     hard ``labels`` [B]) to the observed update, over every parameter tensor except those named in ``exclude``
     (e.g. the classifier's, to see how far the layers below it fit)."""
+    distances = update_distances(observation, device, (exclude,))
+    return lambda x, y: distances(x, y)[0]
+
+
+def update_distances(observation: Observation, device: torch.device | str = "cpu",
+                     excludes: Sequence[tuple[str, ...]] = ((),)
+                     ) -> Callable[[torch.Tensor, torch.Tensor], list[float]]:
+    """Like :func:`update_distance`, one distance per entry of ``excludes``, all from one simulated update."""
     victim = FunctionalVictim(observation, device)
     objective = MatchingObjective(victim, observation, distances=["cosine"])
-    unknown = set(exclude) - set(objective.names)
-    if unknown:
-        raise ConfigError(f"'{sorted(unknown)[0]}' is not a parameter of the model")
-    rows = torch.tensor([i for i, n in enumerate(objective.names) if n not in set(exclude)], device=device)
-    target_sq = objective.target_sq[rows]  # the target's norms once
+    views = []
+    for exclude in excludes:
+        unknown = set(exclude) - set(objective.names)
+        if unknown:
+            raise ConfigError(f"'{sorted(unknown)[0]}' is not a parameter of the model")
+        rows = torch.tensor([i for i, n in enumerate(objective.names) if n not in set(exclude)], device=device)
+        views.append((rows, objective.target_sq[rows]))  # the target's norms once
     mean = torch.tensor(observation.data.mean, device=device).view(1, -1, 1, 1)
     std = torch.tensor(observation.data.std, device=device).view(1, -1, 1, 1)
 
-    def distance(x: torch.Tensor, y: torch.Tensor) -> float:
+    def distances(x: torch.Tensor, y: torch.Tensor) -> list[float]:
         u, _ = objective.update_of((x.to(device, torch.float32) - mean) / std, y.to(device).long())
         dot, sq = tensor_statistics(u, objective.target)
-        d = cosine_from_statistics(dot[rows], sq[rows], target_sq)
-        return max(0.0, float(d.detach()))  # 1 - cos >= 0 (rounding aside)
+        # 1 - cos >= 0 (rounding aside)
+        return [max(0.0, float(cosine_from_statistics(dot[r], sq[r], tsq).detach())) for r, tsq in views]
 
-    return distance
+    return distances
 
 
 def flat_image(observation: Observation, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
@@ -240,4 +250,5 @@ def against_flat_image(fit: Optional[UpdateFit], observation: Observation, truth
 
 
 __all__ = ["FIT_SHARE", "INTACT", "MIN_SIGNAL", "NOISY_COPY_SIGMA", "ROUGH", "UpdateFit", "against_flat_image",
-           "flat_image", "flat_image_psnr", "noisy_copy", "update_distance", "update_fit"]
+           "flat_image", "flat_image_psnr", "noisy_copy", "update_distance", "update_distances",
+           "update_fit"]
